@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 eval "$(scripts/setup-test-env.sh)"
 export CARGO_TERM_COLOR=never
+# Every end-to-end test must run here: none may skip for a missing venv.
+export DATAHUB_TEST_REQUIRE_VENV=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests start real `datahub` processes: two at a time fit this machine's 2 cores.

@@ -289,7 +289,7 @@ async fn run_task(
             return (Status::Failure, None, None);
         }
     };
-    let sink = describe_sink(&recipe_value);
+    let mut sink = describe_sink(&recipe_value);
     let plugin = match recipe::source_type(&recipe_value) {
         Ok(p) => p.to_owned(),
         Err(e) => {
@@ -341,6 +341,9 @@ async fn run_task(
         masked.push(("DATAHUB_GMS_TOKEN", t.as_str()));
     }
     let masker = Masker::new(masked);
+    if let Ok(resolved) = substitute(&recipe_value, &values) {
+        sink = describe_sink(&resolved).map(|s| masker.mask(&s).into_owned());
+    }
 
     // Limits.
     let extra = &req.args.extra_env_vars;

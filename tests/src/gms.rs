@@ -261,12 +261,25 @@ impl GmsEmulator {
     /// Waits (on an event, not by polling) until a result with `status` arrives for `exec_id`,
     /// and returns the first such result. On timeout the error lists the statuses seen so far.
     pub async fn wait_for_status(&self, exec_id: &str, status: &str, timeout: Duration) -> Result<Value, String> {
+        self.wait_for_result(exec_id, |r| r.get("status").and_then(Value::as_str) == Some(status), timeout)
+            .await
+            .map_err(|e| format!("no {status} result: {e}"))
+    }
+
+    /// Waits (on an event, not by polling) until a result for `exec_id` satisfies `pred`, and
+    /// returns the first such result. On timeout the error lists the statuses seen so far.
+    pub async fn wait_for_result(
+        &self,
+        exec_id: &str,
+        pred: impl Fn(&Value) -> bool,
+        timeout: Duration,
+    ) -> Result<Value, String> {
         let mut changed = self.inner.results_changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             changed.borrow_and_update();
             let results = self.execution_results(exec_id);
-            if let Some(found) = results.iter().find(|r| r.get("status").and_then(Value::as_str) == Some(status)) {
+            if let Some(found) = results.iter().find(|r| pred(r)) {
                 return Ok(found.clone());
             }
             match tokio::time::timeout_at(deadline, changed.changed()).await {
@@ -276,8 +289,7 @@ impl GmsEmulator {
                     let seen: Vec<&str> =
                         results.iter().map(|r| r.get("status").and_then(Value::as_str).unwrap_or("<none>")).collect();
                     return Err(format!(
-                        "no {status} result for execution {exec_id} within {timeout:?}; \
-                         statuses seen: {seen:?}"
+                        "no matching result for execution {exec_id} within {timeout:?}; statuses seen: {seen:?}"
                     ));
                 }
             }

@@ -39,6 +39,9 @@ pub fn test_venv(test: &str) -> Option<PathBuf> {
     match std::env::var_os(TEST_VENV_ENV).filter(|d| !d.is_empty()) {
         Some(dir) => Some(PathBuf::from(dir)),
         None => {
+            if std::env::var_os("DATAHUB_TEST_REQUIRE_VENV").is_some_and(|v| v == "1") {
+                panic!("{test}: {TEST_VENV_ENV} is unset but DATAHUB_TEST_REQUIRE_VENV=1 (CI must run every test)");
+            }
             eprintln!(
                 "SKIPPED {test}: {TEST_VENV_ENV} is unset; run \
                  `eval \"$(scripts/setup-test-env.sh)\"` first to run it"
