@@ -48,11 +48,14 @@ impl JobSandbox {
     /// A sandbox using the test venv as the `native` venv and fast progress and signal polling.
     pub fn new(venv: &Path) -> Self {
         let root = tempfile::Builder::new().prefix("ingest-job-test-").tempdir().expect("temp dir");
-        let mut env = BTreeMap::new();
-        for key in ["PATH", "HOME", "LANG", "UV_CACHE_DIR", "DATAHUB_EXECUTOR_UV"] {
-            if let Ok(v) = std::env::var(key) {
-                env.insert(key.to_owned(), v);
-            }
+        // The machine's environment (proxies, CA bundles, uv's cache) minus every executor setting.
+        let mut env: BTreeMap<String, String> = std::env::vars()
+            .filter(|(k, _)| {
+                !(k.starts_with("DATAHUB_") || k.starts_with("EXECUTOR_") || k.starts_with("ACRYL_") || k == "RUST_LOG")
+            })
+            .collect();
+        if let Ok(uv) = std::env::var("DATAHUB_EXECUTOR_UV") {
+            env.insert("DATAHUB_EXECUTOR_UV".into(), uv);
         }
         let path = |p: &str| root.path().join(p).display().to_string();
         env.insert("DATAHUB_EXECUTOR_NATIVE_VENV".into(), venv.display().to_string());

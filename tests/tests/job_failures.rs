@@ -100,6 +100,10 @@ async fn venv_that_cannot_be_built_is_a_venv_setup_failure() {
     assert_eq!(status, "FAILURE");
     assert!(report.contains("venv setup failed"), "{report}");
     assert!(report.contains("datahub-executor-rs-no-such-package"), "uv's output tail is in the report: {report}");
+    assert!(
+        report.contains("not found in the package registry") || report.contains("No solution found"),
+        "uv failed on the requirement, not on something else: {report}"
+    );
     let leftovers: Vec<_> = std::fs::read_dir(sandbox.root.path().join("venvs"))
         .map(|d| d.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()).collect())
         .unwrap_or_default();
