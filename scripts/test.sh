@@ -10,4 +10,4 @@ export DATAHUB_TEST_REQUIRE_VENV=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The end-to-end tests start real `datahub` processes: two at a time fit this machine's 2 cores.
-cargo test --workspace --locked -- --test-threads="${TEST_THREADS:-2}"
+cargo test --workspace --locked --no-fail-fast -- --test-threads="${TEST_THREADS:-2}"

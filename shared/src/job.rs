@@ -6,6 +6,7 @@
 //! CANCELLED / TIMEOUT with DataHub's report → write the final status with retries.
 
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -198,16 +199,20 @@ pub async fn execute(ctx: &JobContext, req: &ExecutionRequest, stop: &StopHandle
         .map(|g| tokio::spawn(poll_kill(g, req.urn(), ctx.cfg.signal_poll_interval, stop.clone(), done_rx.clone())));
 
     let echo = ctx.echo;
-    let mut on_line = |line: String| {
+    let mut on_output = |text: &str| {
         if echo {
-            println!("{line}");
+            let mut out = std::io::stdout().lock();
+            // Output that cannot be echoed (a closed stdout) is still kept for the report.
+            let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
         }
         if let Ok(mut p) = progress.lock() {
-            p.tail.push(&line);
-            p.lines_seen += 1;
+            for line in text.lines() {
+                p.tail.push(line);
+                p.lines_seen += 1;
+            }
         }
     };
-    let (status, structured, sink) = run_task(ctx, req, stop, &mut report, &mut on_line).await;
+    let (status, structured, sink) = run_task(ctx, req, stop, &mut report, &mut on_output).await;
 
     let _ = done_tx.send(true);
     if tokio::time::timeout(Duration::from_secs(10), progress_task).await.is_err() {
@@ -275,7 +280,7 @@ async fn run_task(
     req: &ExecutionRequest,
     stop: &StopHandle,
     report: &mut ExecutionReport,
-    on_line: &mut (dyn FnMut(String) + Send),
+    on_output: &mut (dyn FnMut(&str) + Send),
 ) -> (Status, Option<String>, Option<String>) {
     let cfg = &ctx.cfg;
     let task_verb = match req.task {
@@ -394,7 +399,7 @@ async fn run_task(
         req,
         stop,
         report,
-        on_line,
+        on_output,
         RunInputs {
             plugin: &plugin,
             recipe: &recipe_value,
@@ -499,7 +504,7 @@ async fn run_in_venv(
     req: &ExecutionRequest,
     stop: &StopHandle,
     report: &mut ExecutionReport,
-    on_line: &mut (dyn FnMut(String) + Send),
+    on_output: &mut (dyn FnMut(&str) + Send),
     inp: RunInputs<'_>,
 ) -> RunEnd {
     let cfg = &ctx.cfg;
@@ -511,7 +516,7 @@ async fn run_in_venv(
     };
     let mut stop_rx = stop.subscribe();
     let venv = {
-        let mut log = |l: &str| on_line(inp.masker.mask(l).into_owned());
+        let mut log = |l: &str| on_output(&format!("{}\n", inp.masker.mask(l)));
         tokio::select! {
             v = venv::prepare(cfg, &spec, &mut log) => v,
             _ = stop_rx.wait_for(Option::is_some) => {
@@ -554,8 +559,8 @@ async fn run_in_venv(
     }
     let env = child_env(req, &venv.path, inp.exec_dir, inp.artifacts);
     let cmd = ChildCommand { program: venv.datahub(), args, env, stdin: stdin.into_bytes(), cwd: None };
-    on_line(format!("Executing: {} {}", cmd.program.display(), cmd.args.join(" ")));
-    match runner::run(cmd, &inp.limits, inp.masker, stop.subscribe(), on_line).await {
+    on_output(&format!("Executing: {} {}\n", cmd.program.display(), cmd.args.join(" ")));
+    match runner::run(cmd, &inp.limits, inp.masker, stop.subscribe(), on_output).await {
         Ok(o) => RunEnd::Process(o),
         Err(e) => RunEnd::Setup(format!("Cannot start {}: {e}", venv.datahub().display())),
     }

@@ -62,10 +62,17 @@ pub struct LogTail {
 impl LogTail {
     /// Adds one (already masked) line without its newline.
     pub fn push(&mut self, line: &str) {
-        let mut l = match line.char_indices().nth(MAX_LINE_CHARS) {
-            Some((cut, _)) => format!("{} [...truncated]", &line[..cut]),
-            None => line.to_owned(),
-        };
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        // A line of at most MAX_LINE_CHARS bytes has at most that many characters.
+        let cut = if line.len() <= MAX_LINE_CHARS { None } else { line.char_indices().nth(MAX_LINE_CHARS) };
+        let mut l = String::with_capacity(line.len().min(MAX_LINE_CHARS * 4) + 17);
+        match cut {
+            Some((cut, _)) => {
+                l.push_str(&line[..cut]);
+                l.push_str(" [...truncated]");
+            }
+            None => l.push_str(line),
+        }
         l.push('\n');
         if self.lines.len() == MAX_LOG_LINES {
             self.lines.pop_front();

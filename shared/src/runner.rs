@@ -71,13 +71,15 @@ pub struct Outcome {
     pub peak_rss: u64,
 }
 
-/// Runs `cmd`; every masked output line goes to `on_line` (without its newline).
+/// Runs `cmd`; its masked output goes to `on_output` in blocks of whole lines (each ending in a
+/// newline; a last line without one gets one). Masking a block at a time is one pass of the
+/// automaton over up to 64 KiB, and catches multi-line values whole.
 pub async fn run(
     cmd: ChildCommand,
     limits: &Limits,
     masker: &Masker,
     mut stop_rx: watch::Receiver<Option<StopReason>>,
-    on_line: &mut (dyn FnMut(String) + Send),
+    on_output: &mut (dyn FnMut(&str) + Send),
 ) -> std::io::Result<Outcome> {
     let (reader, writer) = std::io::pipe()?;
     let writer_err = writer.try_clone()?;
@@ -131,11 +133,12 @@ pub async fn run(
                 match n {
                     Ok(0) | Err(_) => {
                         eof = true;
-                        if let Some(rest) = lines.finish() {
-                            on_line(masker.mask_bytes_lossy(&rest));
+                        if let Some(mut rest) = lines.finish() {
+                            rest.push(b'\n');
+                            on_output(&masker.mask_bytes_lossy(&rest));
                         }
                     }
-                    Ok(n) => lines.feed(&buf[..n], &mut |l| on_line(masker.mask_bytes_lossy(l))),
+                    Ok(n) => lines.feed(&buf[..n], &mut |block| on_output(&masker.mask_bytes_lossy(block))),
                 }
             }
             status = child.wait(), if exit.is_none() => {
@@ -194,7 +197,8 @@ fn signal_group(pgid: i32, sig: Signal) {
     }
 }
 
-/// Splits a byte stream into lines, keeping at most [`MAX_LINE_BYTES`] of each.
+/// Splits a byte stream into blocks of whole lines, keeping at most [`MAX_LINE_BYTES`] of a line
+/// that spans reads.
 #[derive(Debug, Default)]
 struct LineSplitter {
     partial: Vec<u8>,
@@ -202,18 +206,26 @@ struct LineSplitter {
 }
 
 impl LineSplitter {
-    fn feed(&mut self, mut data: &[u8], emit: &mut dyn FnMut(&[u8])) {
-        while let Some(pos) = data.iter().position(|b| *b == b'\n') {
-            self.push(&data[..pos]);
+    /// Emits every whole line of `data` (with the partial line before it) in at most two blocks.
+    fn feed(&mut self, data: &[u8], emit: &mut dyn FnMut(&[u8])) {
+        let Some(last) = data.iter().rposition(|b| *b == b'\n') else {
+            self.push(data);
+            return;
+        };
+        let (mut complete, rest) = data.split_at(last + 1);
+        if !self.partial.is_empty() || self.overflow {
+            let first = complete.iter().position(|b| *b == b'\n').unwrap_or(complete.len() - 1);
+            self.push(&complete[..first]);
             let mut line = std::mem::take(&mut self.partial);
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
+            line.push(b'\n');
             emit(&line);
             self.overflow = false;
-            data = &data[pos + 1..];
+            complete = &complete[first + 1..];
         }
-        self.push(data);
+        if !complete.is_empty() {
+            emit(complete);
+        }
+        self.push(rest);
     }
 
     fn push(&mut self, data: &[u8]) {
@@ -261,37 +273,41 @@ mod tests {
     async fn streams_masked_lines_and_exit_code() {
         let masker = Masker::new([("S", "secret-input")]);
         let (_tx, rx) = watch::channel(None);
-        let mut lines = Vec::new();
-        let out =
-            run(sh("cat; printf 'bad \\377 byte\\n'; echo err >&2; exit 3"), &limits(30.0), &masker, rx, &mut |l| {
-                lines.push(l)
-            })
-            .await
-            .expect("runs");
+        let mut text = String::new();
+        let out = run(
+            sh("cat; printf 'bad \\377 byte\\n'; echo err >&2; printf 'no newline'; exit 3"),
+            &limits(30.0),
+            &masker,
+            rx,
+            &mut |t| text.push_str(t),
+        )
+        .await
+        .expect("runs");
         assert_eq!(out.exit_code, Some(3));
-        assert_eq!(lines, vec!["***REDACTED:S***", "bad \u{fffd} byte", "err"]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines, vec!["***REDACTED:S***", "bad \u{fffd} byte", "err", "no newline"]);
     }
 
     #[tokio::test]
     async fn timeout_kills_the_whole_group() {
         let (_tx, rx) = watch::channel(None);
-        let mut lines = Vec::new();
+        let mut text = String::new();
         let out =
-            run(sh("sleep 30 & echo started; trap '' TERM; wait"), &limits(0.5), &Masker::default(), rx, &mut |l| {
-                lines.push(l)
+            run(sh("sleep 30 & echo started; trap '' TERM; wait"), &limits(0.5), &Masker::default(), rx, &mut |t| {
+                text.push_str(t)
             })
             .await
             .expect("runs");
         assert_eq!(out.stop, Some(StopReason::TimedOut(Duration::from_secs_f64(0.5))));
-        assert_eq!(lines, vec!["started"]);
+        assert_eq!(text, "started\n");
     }
 
     #[tokio::test]
     async fn stop_request_terminates() {
         let (tx, rx) = watch::channel(None);
-        let mut lines = Vec::new();
+        let mut text = String::new();
         let (lim, masker) = (limits(30.0), Masker::default());
-        let mut push = |l| lines.push(l);
+        let mut push = |t: &str| text.push_str(t);
         let task = run(sh("echo ready; exec sleep 30"), &lim, &masker, rx, &mut push);
         let stopper = async {
             tx.send(Some(StopReason::Killed)).expect("send");
@@ -307,8 +323,11 @@ mod tests {
         let mut s = LineSplitter::default();
         let mut got = Vec::new();
         let big = vec![b'x'; MAX_LINE_BYTES + 10];
-        s.feed(&big, &mut |l| got.push(l.len()));
-        s.feed(b"\nshort\r\n", &mut |l| got.push(l.len()));
-        assert_eq!(got, vec![MAX_LINE_BYTES, 5]);
+        s.feed(&big, &mut |l| got.push(l.to_vec()));
+        s.feed(b"\nshort\r\nand more\npart", &mut |l| got.push(l.to_vec()));
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].len(), MAX_LINE_BYTES + 1);
+        assert_eq!(got[1], b"short\r\nand more\n");
+        assert_eq!(s.finish(), Some(b"part".to_vec()));
     }
 }

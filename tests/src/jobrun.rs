@@ -18,10 +18,12 @@ pub fn ingest_job_bin() -> PathBuf {
         let bin = profile_dir.join("ingest-job");
         if !bin.exists() {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let status = std::process::Command::new(cargo)
-                .args(["build", "-p", "ingest-job"])
-                .status()
-                .expect("run cargo build -p ingest-job");
+            let mut build = std::process::Command::new(cargo);
+            build.args(["build", "-p", "ingest-job"]);
+            if profile_dir.ends_with("release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo build -p ingest-job");
             assert!(status.success(), "cargo build -p ingest-job failed");
         }
         assert!(bin.exists(), "{} is missing after the build", bin.display());

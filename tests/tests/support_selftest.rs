@@ -174,14 +174,18 @@ async fn demo_recipe_runs_with_real_cli() {
     let Some(venv) = test_venv("demo_recipe_runs_with_real_cli") else {
         return;
     };
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
     let out_dir = tempfile::tempdir().expect("a temporary directory");
+    // The shipped recipe with its input made absolute; it writes demo-output.json in the cwd.
+    let recipe = std::fs::read_to_string(examples.join("demo-recipe.yml")).expect("the demo recipe");
+    let data = examples.join("demo-metadata.json");
+    let recipe = recipe.replace("examples/demo-metadata.json", &data.display().to_string());
+    std::fs::write(out_dir.path().join("demo.yml"), recipe).expect("write the recipe");
     let output = out_dir.path().join("demo-output.json");
     let out = tokio::process::Command::new(venv.join("bin/datahub"))
-        .args(["ingest", "run", "-c", "examples/demo-recipe.yml"])
-        .current_dir(&root)
+        .args(["ingest", "run", "-c", "demo.yml"])
+        .current_dir(out_dir.path())
         .env("DATAHUB_TELEMETRY_ENABLED", "false")
-        .env("DEMO_OUTPUT", &output)
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(CLI_TIMEOUT, out)
@@ -196,7 +200,7 @@ async fn demo_recipe_runs_with_real_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
     let written: Vec<Value> =
-        serde_json::from_str(&std::fs::read_to_string(&output).expect("the file sink wrote DEMO_OUTPUT"))
+        serde_json::from_str(&std::fs::read_to_string(&output).expect("the file sink wrote demo-output.json"))
             .expect("the output is a JSON array");
     let datasets: BTreeSet<&str> = written
         .iter()

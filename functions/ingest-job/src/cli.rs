@@ -121,6 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         job::write_result_file(path, &request.urn(), &outcome.result)
             .with_context(|| format!("cannot write the result file {}", path.display()))?;
     }
+    tracing::info!(peak_rss_kib = peak_rss_kib().unwrap_or(0), exit_code = outcome.exit_code, "finished");
     let secs = outcome.result.duration_ms.unwrap_or(0) as f64 / 1000.0;
     println!("ingest-job: {} {} in {secs:.1} s", outcome.result.status.as_str(), request.urn());
     if let Some(sink) = &outcome.sink {
@@ -149,6 +150,12 @@ fn spawn_signal_forwarder(stop: StopHandle) -> anyhow::Result<()> {
         stop.stop(StopReason::Terminated);
     });
     Ok(())
+}
+
+/// This process's peak resident memory (`VmHWM`), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find(|l| l.starts_with("VmHWM:"))?.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn uuid_v4() -> String {
