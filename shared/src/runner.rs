@@ -97,6 +97,7 @@ pub async fn run(
         command.current_dir(dir);
     }
     let mut child = command.spawn()?;
+    let spawned = Instant::now();
     // The command holds our copies of the pipe's write end: drop them so EOF can be seen.
     drop(command);
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
@@ -187,6 +188,14 @@ pub async fn run(
     // Whatever the child left in its group goes with it.
     signal_group(pgid, Signal::SIGKILL);
     let status = exit.unwrap_or_default();
+    tracing::info!(
+        pid = pgid,
+        exit_code = status.code(),
+        signal = status.signal(),
+        child_ms = spawned.elapsed().as_millis() as u64,
+        peak_group_rss_kib = peak / 1024,
+        "the child process ended"
+    );
     Ok(Outcome { exit_code: status.code(), signal: status.signal(), stop, peak_rss: peak })
 }
 

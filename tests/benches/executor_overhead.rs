@@ -67,7 +67,7 @@ async fn main() {
     env.remove("DATAHUB_EXECUTOR_PROGRESS_INTERVAL");
     env.remove("DATAHUB_EXECUTOR_INGESTION_SIGNAL_POLL_INTERVAL");
 
-    let (mut bare, mut ours, mut python) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut bare, mut ours, mut python, mut outside) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut our_rss, mut py_rss) = (0u64, 0u64);
     for run in 0..runs {
         let mut cmd = tokio::process::Command::new(venv.join("bin/datahub"));
@@ -81,13 +81,16 @@ async fn main() {
         let (secs, out) = timed(cmd).await;
         ours.push(secs);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        let kib = stderr
-            .split("peak_rss_kib=")
-            .nth(1)
-            .and_then(|r| r.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .expect("ingest-job logs its peak memory");
-        our_rss = our_rss.max(kib);
+        let field = |name: &str| {
+            stderr
+                .split(&format!(" {name}="))
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("ingest-job logs {name}: {stderr}"))
+        };
+        our_rss = our_rss.max(field("peak_rss_kib"));
+        outside.push(secs - field("child_ms") as f64 / 1000.0);
         assert!(gms.wait_for_status(&exec_id, "SUCCESS", Duration::from_secs(5)).await.is_ok());
 
         let mut cmd = tokio::process::Command::new(venv.join("bin/python"));
@@ -108,7 +111,7 @@ async fn main() {
             .expect("the harness prints its peak memory");
         py_rss = py_rss.max(kb);
     }
-    let (b, o, p) = (median(bare), median(ours), median(python));
+    let (b, o, p, own) = (median(bare), median(ours), median(python), median(outside));
     let pct = |x: f64| (x - b) / b * 100.0;
     println!("executor overhead, 200-dataset file recipe, median of {runs} runs each (whole processes, wall time):");
     println!("  bare `datahub ingest`:        {b:6.2} s");
@@ -116,6 +119,11 @@ async fn main() {
         "  ingest-job:                   {o:6.2} s  overhead {:+5.1} % (goal < 5 %)  ingest-job peak RSS {:.1} MiB (goal < 20 MB)",
         pct(o),
         our_rss as f64 / 1024.0
+    );
+    println!(
+        "  ingest-job's own time (its wall time minus the datahub process's): {:.0} ms = {:.1} % of the bare run",
+        own * 1000.0,
+        own / b * 100.0
     );
     println!(
         "  DataHub executor (Python):    {p:6.2} s  overhead {:+5.1} %  executor peak RSS {:.1} MiB",

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
-/// The `ingest-job` binary of this workspace (built on first use when missing).
+/// The `ingest-job` binary of this workspace, brought up to date by `cargo build` once per test
+/// process (a stale binary would test old code).
 pub fn ingest_job_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -16,7 +17,7 @@ pub fn ingest_job_bin() -> PathBuf {
         // target/<profile>/deps/<test> → target/<profile>/ingest-job
         let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
         let bin = profile_dir.join("ingest-job");
-        if !bin.exists() {
+        {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let mut build = std::process::Command::new(cargo);
             build.args(["build", "-p", "ingest-job"]);
