@@ -542,7 +542,7 @@ async fn run_in_venv(
         }
     } else {
         report.info("This CLI predates the stdin envelope (acryl-datahub < 1.5.0.15): the recipe is sent with its values substituted");
-        match substitute(inp.recipe, inp.values) {
+        match recipe::substitute_for_old_cli(inp.recipe, inp.values) {
             Ok(r) => r.to_string(),
             Err(e) => return RunEnd::Setup(format!("Bad recipe: {e}")),
         }

@@ -89,6 +89,25 @@ pub fn substitute(recipe: &Value, values: &BTreeMap<String, String>) -> Result<V
     if missing.is_empty() { Ok(out) } else { Err(RecipeError::Unresolved(missing.into_iter().collect())) }
 }
 
+/// A variable that is never set: appended to a string as `${NAME:-}`, it expands to nothing and makes
+/// the CLI run its expansion (and so its unescaping) over the whole string.
+pub const NOTHING_VARIABLE: &str = "DATAHUB_EXECUTOR_NOTHING_2F7C";
+
+/// The recipe for a CLI that predates the stdin envelope (< 1.5.0.15): every reference replaced by
+/// its value, and every string the CLI would expand again escaped so that its expansion gives the
+/// value back byte for byte (`\` → `\\`, `$` → `\$`, plus an empty `${NOTHING:-}` that makes sure
+/// the CLI expands, and so unescapes, the whole string).
+pub fn substitute_for_old_cli(recipe: &Value, values: &BTreeMap<String, String>) -> Result<Value, RecipeError> {
+    let resolved = substitute(recipe, values)?;
+    map_strings(&resolved, &mut String::new(), &mut |_, s| {
+        if cli_would_expand(s) {
+            Ok(Value::String(format!("{}${{{NOTHING_VARIABLE}:-}}", s.replace('\\', "\\\\").replace('$', "\\$"))))
+        } else {
+            Ok(Value::String(s.to_owned()))
+        }
+    })
+}
+
 /// A recipe prepared for the CLI's stdin envelope.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CliRecipe {
@@ -432,6 +451,18 @@ mod tests {
         let dollar_var = c["dollar"].as_str().expect("str").trim_start_matches("${").trim_end_matches('}');
         assert_eq!(out.variables[dollar_var], "$HOME");
         assert_eq!(out.variables["P"], "s3cr$t");
+    }
+
+    #[test]
+    fn old_cli_recipes_escape_what_the_cli_would_expand() {
+        let r =
+            json!({"source": {"type": "x", "config": {"p": "${P}", "plain": "${Q}", "lit": "$HOME", "keep": "a$b"}}});
+        let out = substitute_for_old_cli(&r, &vals(&[("P", "a\\b${X}$"), ("Q", "plain")])).expect("ok");
+        let c = &out["source"]["config"];
+        assert_eq!(c["p"], format!("a\\\\b\\${{X}}\\$${{{NOTHING_VARIABLE}:-}}"));
+        assert_eq!(c["plain"], "plain");
+        assert_eq!(c["lit"], format!("\\$HOME${{{NOTHING_VARIABLE}:-}}"));
+        assert_eq!(c["keep"], "a$b");
     }
 
     #[test]

@@ -126,3 +126,44 @@ async fn versioned_venv_is_built_once_with_uv_and_reused() {
         .collect();
     assert_eq!(venvs.len(), 1, "one cached venv");
 }
+
+/// Runs a recipe whose file paths come from secrets holding `$`, a backslash, `${X}` and spaces:
+/// the run only finds its input and writes its output if every value arrives byte for byte.
+async fn byte_for_byte_run(test: &str, version: &str, old_cli: bool) {
+    let Some(venv) = test_venv(test) else { return };
+    let sandbox = JobSandbox::new(&venv);
+    let weird = sandbox.root.path().join("we$ird \\dir ${X} $HOME");
+    std::fs::create_dir_all(&weird).expect("dir");
+    let data = weird.join("data.json");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/demo-metadata.json"), &data).expect("copy");
+    sandbox.file_secret("DATA_PATH", &data.display().to_string());
+    sandbox.file_secret("OUT_DIR", &weird.display().to_string());
+    let recipe = sandbox.write(
+        "r.json",
+        &json!({"source": {"type": "file", "config": {"path": "${DATA_PATH}"}},
+                "sink": {"type": "file", "config": {"filename": "${OUT_DIR}/out $1.json"}}})
+        .to_string(),
+    );
+    let exit = sandbox.run(&["run", "--recipe", &recipe.display().to_string(), "--cli-version", version], LIMIT).await;
+    assert_eq!(exit.code, Some(0), "{}\n{}", exit.stdout, exit.stderr);
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(weird.join("out $1.json")).expect("output")).expect("json");
+    assert_eq!(written.as_array().map(Vec::len), Some(106));
+    assert_eq!(exit.stderr.contains("predates the stdin envelope"), old_cli, "{}", exit.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_arrive_byte_for_byte_through_the_envelope() {
+    byte_for_byte_run("byte_for_byte_envelope", "native", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_values_arrive_byte_for_byte_in_an_old_cli_recipe() {
+    if std::env::var("DATAHUB_EXECUTOR_UV").is_err() {
+        assert!(std::env::var_os("DATAHUB_TEST_REQUIRE_VENV").is_none(), "uv is set in CI");
+        eprintln!("SKIPPED byte_for_byte_old_cli: DATAHUB_EXECUTOR_UV is unset");
+        return;
+    }
+    // 1.5.0.14 is the last CLI before the stdin envelope.
+    byte_for_byte_run("byte_for_byte_old_cli", "1.5.0.14", true).await;
+}
