@@ -167,3 +167,27 @@ async fn secret_values_arrive_byte_for_byte_in_an_old_cli_recipe() {
     // 1.5.0.14 is the last CLI before the stdin envelope.
     byte_for_byte_run("byte_for_byte_old_cli", "1.5.0.14", true).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_store_precedence_is_env_then_file_then_datahub() {
+    let Some(venv) = test_venv("secret_precedence") else { return };
+    let gms = GmsEmulator::start(TOKEN).await;
+    let mut sandbox = JobSandbox::new(&venv).with_gms(&gms.url(), TOKEN);
+    // IN_ALL is in every store, IN_TWO in env and file, ONLY_ENV in env alone.
+    sandbox.set("IN_ALL", "env");
+    sandbox.set("IN_TWO", "env");
+    sandbox.set("ONLY_ENV", "env");
+    sandbox.file_secret("IN_ALL", "file");
+    sandbox.file_secret("IN_TWO", "file");
+    gms.set_secret("IN_ALL", "datahub");
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/demo-metadata.json");
+    let recipe = json!({"source": {"type": "file", "config": {"path": data}},
+        "sink": {"type": "file", "config": {"filename": "out-${IN_ALL}-${IN_TWO}-${ONLY_ENV}.json"}}});
+    let urn = integration_tests::jobrun::seed_request(&gms, "precedence-1", "RUN_INGEST", &recipe, "native", &[]);
+    let exit = sandbox.run(&["run", "--execution-request", &urn], LIMIT).await;
+    assert_eq!(exit.code, Some(0), "{}", exit.stderr);
+    assert!(sandbox.root.path().join("out-datahub-file-env.json").exists(), "later stores win: datahub > file > env");
+    let graphql: Vec<_> = gms.requests().into_iter().filter(|r| r.path == "/api/graphql").collect();
+    assert_eq!(graphql.len(), 1, "one getSecretValues call for all names");
+    assert!(graphql[0].body.contains("IN_ALL") && graphql[0].body.contains("ONLY_ENV"));
+}
