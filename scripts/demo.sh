@@ -9,5 +9,5 @@ eval "$(scripts/setup-test-env.sh)"
 export DATAHUB_EXECUTOR_VENV_CACHE_DIR="${DATAHUB_EXECUTOR_VENV_CACHE_DIR:-$HOME/.cache/datahub-executor-rs/venvs}"
 export DATAHUB_EXECUTOR_TMP_DIR="${DATAHUB_EXECUTOR_TMP_DIR:-${TMPDIR:-/tmp}/datahub-executor-demo}"
 export DATAHUB_EXECUTOR_PYTHON="${DATAHUB_EXECUTOR_PYTHON:-$(command -v python3)}"
-exec cargo run --quiet -p ingest-job -- run --recipe examples/demo-recipe.yml --cli-version "${DATAHUB_TEST_CLI_VERSION}" \
+exec cargo run --quiet -p ingest-job -- run --recipe examples/demo-recipe.yml --version "${DATAHUB_TEST_CLI_VERSION}" \
   --result-file demo-result.json

@@ -23,7 +23,7 @@ async fn recipe_file_without_gms_prints_statuses_and_writes_the_result_file() {
     let recipe = sandbox.write("demo.yml", &demo.replace("examples/demo-metadata.json", data));
     let result_file = sandbox.root.path().join("result.json");
     let args =
-        ["run", "--recipe", &recipe.display().to_string(), "--cli-version", "native", "--result-file", "result.json"];
+        ["run", "--recipe", &recipe.display().to_string(), "--version", "native", "--result-file", "result.json"];
     let exit = sandbox.run(&args, LIMIT).await;
     assert_eq!(exit.code, Some(0), "{}\n{}", exit.stdout, exit.stderr);
     assert!(exit.stdout.contains("ingest-job: RUNNING "), "{}", exit.stdout);
@@ -86,13 +86,12 @@ async fn bundled_venv_is_used_and_a_missing_one_is_named() {
         "r.yml",
         &format!("source:\n  type: file\n  config:\n    path: {data}\nsink:\n  type: file\n  config:\n    filename: out.json\n"),
     );
-    let exit =
-        sandbox.run(&["run", "--recipe", &recipe.display().to_string(), "--cli-version", "bundled"], LIMIT).await;
+    let exit = sandbox.run(&["run", "--recipe", &recipe.display().to_string(), "--version", "bundled"], LIMIT).await;
     assert_eq!(exit.code, Some(0), "{}\n{}", exit.stdout, exit.stderr);
     assert!(exit.stdout.contains("Using Bundled startup (pre-built) venv"), "{}", exit.stdout);
 
     let pg = sandbox.write("pg.yml", "source:\n  type: postgres\n  config: {host_port: 'localhost:1'}\n");
-    let exit = sandbox.run(&["run", "--recipe", &pg.display().to_string(), "--cli-version", "bundled"], LIMIT).await;
+    let exit = sandbox.run(&["run", "--recipe", &pg.display().to_string(), "--version", "bundled"], LIMIT).await;
     assert_eq!(exit.code, Some(1));
     assert!(exit.stderr.contains("postgres-bundled has no bin/python"), "{}", exit.stderr);
 }
@@ -111,7 +110,7 @@ async fn versioned_venv_is_built_once_with_uv_and_reused() {
         "r.yml",
         &format!("source:\n  type: file\n  config:\n    path: {data}\nsink:\n  type: file\n  config:\n    filename: out.json\n"),
     );
-    let args = ["run", "--recipe", &recipe.display().to_string(), "--cli-version", &version];
+    let args = ["run", "--recipe", &recipe.display().to_string(), "--version", &version];
     let first = sandbox.run(&args, LIMIT).await;
     assert_eq!(first.code, Some(0), "{}\n{}", first.stdout, first.stderr);
     assert!(first.stdout.contains("Creating dynamic venv"), "{}", first.stdout);
@@ -144,7 +143,7 @@ async fn byte_for_byte_run(test: &str, version: &str, old_cli: bool) {
                 "sink": {"type": "file", "config": {"filename": "${OUT_DIR}/out $1.json"}}})
         .to_string(),
     );
-    let exit = sandbox.run(&["run", "--recipe", &recipe.display().to_string(), "--cli-version", version], LIMIT).await;
+    let exit = sandbox.run(&["run", "--recipe", &recipe.display().to_string(), "--version", version], LIMIT).await;
     assert_eq!(exit.code, Some(0), "{}\n{}", exit.stdout, exit.stderr);
     let written: Value =
         serde_json::from_str(&std::fs::read_to_string(weird.join("out $1.json")).expect("output")).expect("json");

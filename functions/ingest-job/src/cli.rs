@@ -38,7 +38,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "URN")]
     pub ingestion_source: Option<String>,
     /// The `acryl-datahub` version: latest, bundled, native, a PEP 440 version or a wheel URL (with --recipe).
-    #[arg(long = "cli-version", value_name = "VERSION", default_value = "latest")]
+    #[arg(long = "version", visible_alias = "cli-version", value_name = "VERSION", default_value = "latest")]
     pub version: String,
     /// An extra environment variable for the run, as the request's extra_env_vars (repeatable).
     #[arg(long = "extra-env", value_name = "K=V")]
