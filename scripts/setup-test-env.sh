@@ -3,6 +3,7 @@
 #   - uv (from PyPI, in its own venv)
 #   - the real `datahub` CLI (acryl-datahub from PyPI) in a venv, with the plugins the tests use
 #   - PostgreSQL server binaries (Debian's packages), for the end-to-end tests
+#   - moto (`moto[server]` from PyPI) in a venv: a local AWS API (ECS, SQS) for the launcher tests
 # Everything lands under $DATAHUB_EXECUTOR_TOOLS (default ~/.cache/datahub-executor-rs), outside the clone.
 # Prints `export` lines for the variables the tests read; `eval "$(scripts/setup-test-env.sh)"` applies them.
 set -euo pipefail
@@ -49,9 +50,21 @@ if [ -z "$pg_bin" ]; then
   done
 fi
 
+# moto: a local AWS API (ECS, SQS, EC2) for the launcher tests
+MOTO_VERSION="${DATAHUB_TEST_MOTO_VERSION:-5.2.5}"
+MOTO="$TOOLS/moto-venv"
+if [ ! -f "$MOTO/.complete-$MOTO_VERSION" ] || [ ! -x "$MOTO/bin/moto_server" ]; then
+  log "installing moto[server]==$MOTO_VERSION into $MOTO (about a minute the first time)"
+  rm -rf "$MOTO"
+  python3 -m venv "$MOTO" >&2
+  "$MOTO/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" >&2
+  touch "$MOTO/.complete-$MOTO_VERSION"
+fi
+
 echo "export DATAHUB_EXECUTOR_UV=$UV"
 echo "export UV_CACHE_DIR=$UV_CACHE_DIR"
 echo "export DATAHUB_TEST_VENV=$VENV"
 echo "export DATAHUB_TEST_CLI_VERSION=$CLI_VERSION"
 echo "export DATAHUB_TEST_PG_BIN=$pg_bin"
 echo "export DATAHUB_TELEMETRY_ENABLED=false"
+echo "export DATAHUB_TEST_MOTO=$MOTO"

@@ -131,6 +131,38 @@ impl GmsClient {
     }
 }
 
+impl GmsClient {
+    /// GraphQL `listSecrets`: the names of every secret DataHub holds (names only, no values).
+    pub async fn list_secret_names(&self) -> Result<std::collections::BTreeSet<String>, GmsError> {
+        const PAGE: u64 = 500;
+        let query = "query listSecrets($input: ListSecretsInput!) {\n  listSecrets(input: $input) {\n    start\n    count\n    total\n    secrets {\n      name\n    }\n  }\n}";
+        let mut names = std::collections::BTreeSet::new();
+        let mut start = 0u64;
+        loop {
+            let body = json!({"query": query, "variables": {"input": {"start": start, "count": PAGE}}}).to_string();
+            let text = self.post("listSecrets", "/api/graphql", body).await?;
+            let v: Value = serde_json::from_str(&text)
+                .map_err(|e| GmsError::Decode { what: "listSecrets", reason: e.to_string() })?;
+            if let Some(errors) = v.get("errors").filter(|e| !e.is_null()) {
+                return Err(GmsError::Decode {
+                    what: "listSecrets",
+                    reason: format!("GraphQL errors: {}", excerpt(&errors.to_string())),
+                });
+            }
+            let page = v
+                .pointer("/data/listSecrets")
+                .ok_or(GmsError::Decode { what: "listSecrets", reason: "no data.listSecrets".into() })?;
+            let secrets = page.get("secrets").and_then(Value::as_array).cloned().unwrap_or_default();
+            names.extend(secrets.iter().filter_map(|s| s.get("name").and_then(Value::as_str).map(str::to_owned)));
+            let total = page.get("total").and_then(Value::as_u64).unwrap_or(0);
+            start += PAGE;
+            if secrets.is_empty() || start >= total {
+                return Ok(names);
+            }
+        }
+    }
+}
+
 fn excerpt(text: &str) -> String {
     let t: String = text.chars().take(500).collect();
     if t.len() < text.len() { format!("{t}…") } else { t }

@@ -8,12 +8,16 @@
 //! Secret values live only in memory here: they never go to disk, to a child's environment, to a
 //! log line or to a GMS request, and error types carry names, never values.
 
+pub mod admission;
 pub mod config;
 pub mod error;
+pub mod gcp;
 pub mod gms;
 pub mod job;
+pub mod launcher;
 pub mod masking;
 pub mod memory;
+pub mod message;
 pub mod pyfmt;
 pub mod recipe;
 pub mod report;
@@ -21,4 +25,6 @@ pub mod request;
 pub mod runner;
 pub mod secrets;
 pub mod status;
+#[cfg(any(test, feature = "test-util"))]
+pub mod testing;
 pub mod venv;

@@ -17,7 +17,7 @@
 //! | [`Route::IngestProposalBatch`] | `POST /aspects?action=ingestProposalBatch` |
 //! | [`Route::IngestMce`] | `POST /entities?action=ingest` |
 //! | [`Route::GetAspect`] | `GET /aspects/{urn}` (always 404, as GMS answers for a missing aspect) |
-//! | [`Route::GraphQl`] | `POST /api/graphql` (`getSecretValues` only) |
+//! | [`Route::GraphQl`] | `POST /api/graphql` (`getSecretValues`, `listSecrets`) |
 //! | [`Route::OpenApiBatch`] | `POST /openapi/v2/entity/batch/{entityName}` |
 //! | [`Route::OpenApiScroll`] | `GET /openapi/v3/entity/{entityName}` (empty result: no search index) |
 
@@ -702,8 +702,25 @@ fn graphql(inner: &Inner, body: &str) -> Response {
         Err(e) => return restli_error(400, &e),
     };
     let query = doc.get("query").and_then(Value::as_str).unwrap_or_default();
+    if query.contains("listSecrets") {
+        // Names only, paged as GMS pages them (`start`, `count`, `total`).
+        let start = doc.pointer("/variables/input/start").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let count = doc.pointer("/variables/input/count").and_then(Value::as_u64).unwrap_or(20) as usize;
+        let data = inner.data();
+        let page: Vec<Value> = data
+            .secrets
+            .keys()
+            .skip(start)
+            .take(count)
+            .map(|name| json!({"urn": format!("urn:li:dataHubSecret:{name}"), "name": name}))
+            .collect();
+        return json_response(
+            StatusCode::OK,
+            json!({"data": {"listSecrets": {"start": start, "count": page.len(), "total": data.secrets.len(), "secrets": page}}}),
+        );
+    }
     if !query.contains("getSecretValues") {
-        return graphql_error("the GMS emulator only supports the getSecretValues query");
+        return graphql_error("the GMS emulator only supports the getSecretValues and listSecrets queries");
     }
     let Some(names) = doc.pointer("/variables/input/secrets").and_then(Value::as_array) else {
         return graphql_error("Variable 'input' has an invalid value: secrets is required");

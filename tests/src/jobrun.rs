@@ -33,6 +33,31 @@ pub fn ingest_job_bin() -> PathBuf {
     .clone()
 }
 
+/// The binary `name` of this workspace's package of the same name (`admission`, `ingest-job`),
+/// brought up to date by `cargo build -p <name>` (with `--release` when the caller runs from a
+/// release target dir) once per test process; it sits next to the caller's target dir.
+pub fn workspace_bin(name: &str) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let profile_dir = exe.parent().and_then(Path::parent).expect("target profile dir");
+    let bin = profile_dir.join(name);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == name) {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = std::process::Command::new(cargo);
+        build.args(["build", "-p", name, "--bin", name]);
+        if profile_dir.ends_with("release") {
+            build.arg("--release");
+        }
+        let status = build.status().unwrap_or_else(|e| panic!("run cargo build -p {name}: {e}"));
+        assert!(status.success(), "cargo build -p {name} failed");
+        assert!(bin.exists(), "{} is missing after the build", bin.display());
+        built.push(name.to_owned());
+    }
+    bin
+}
+
 /// One test's sandbox for `ingest-job`: temp folders, environment and arguments.
 pub struct JobSandbox {
     pub root: TempDir,

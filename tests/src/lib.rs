@@ -10,6 +10,8 @@
 
 pub mod gms;
 pub mod jobrun;
+pub mod lambda_api;
+pub mod moto;
 pub mod postgres;
 
 pub use gms::{GmsEmulator, RecordedRequest, Route};

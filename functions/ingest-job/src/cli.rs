@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use shared::config::JobConfig;
 use shared::gms::GmsClient;
 use shared::job::{self, JobContext, StopHandle};
+use shared::launcher::{JOB_SPEC_ENV, JobSpec};
 use shared::request::{ExecutionRequest, TaskArgs, TaskKind};
 use shared::runner::StopReason;
 
@@ -23,6 +24,15 @@ pub struct Cli {
 pub enum Command {
     /// Run one recipe, execution request or ingestion source.
     Run(RunArgs),
+    /// The container entry point: run the job spec the launcher put in DATAHUB_EXECUTOR_JOB_SPEC.
+    Job(JobArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// Write the final result to this file as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub result_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -76,9 +86,26 @@ pub fn init_tracing() {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
-    let Command::Run(args) = cli.command;
     let cfg = JobConfig::from_env().context("configuration")?;
     let gms = cfg.gms.as_ref().map(GmsClient::new).transpose().context("GMS client")?;
+    let args = match cli.command {
+        Command::Run(args) => args,
+        Command::Job(job_args) => {
+            let text = std::env::var(JOB_SPEC_ENV).with_context(|| format!("{JOB_SPEC_ENV} is not set"))?;
+            let spec = JobSpec::from_json(&text).map_err(anyhow::Error::msg)?;
+            let request = match spec.request().map_err(anyhow::Error::msg)? {
+                Some(r) => r,
+                None => {
+                    let Some(g) = &gms else { bail!("the job spec has no args and DATAHUB_GMS_URL is not set") };
+                    job::fetch_request(g, &spec.exec_id)
+                        .await
+                        .with_context(|| format!("cannot load {}", spec.exec_id))?
+                }
+            };
+            tracing::info!(exec_id = %request.exec_id, pool = %spec.pool, weight = spec.weight, "job spec loaded");
+            return execute(cfg, gms, request, job_args.result_file.as_ref()).await;
+        }
+    };
     let task = if args.test_connection { TaskKind::TestConnection } else { TaskKind::RunIngest };
     let request = match (&args.recipe, &args.execution_request, &args.ingestion_source) {
         (Some(path), _, _) => {
@@ -111,13 +138,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         (None, None, None) => bail!("say what to run: --recipe, --execution-request or --ingestion-source"),
     };
-    tracing::info!(exec_id = %request.exec_id, task = request.task.name(), gms = gms.as_ref().map(|g| g.base_url()).unwrap_or("none"), "starting");
+    execute(cfg, gms, request, args.result_file.as_ref()).await
+}
 
+async fn execute(
+    cfg: JobConfig,
+    gms: Option<GmsClient>,
+    request: ExecutionRequest,
+    result_file: Option<&PathBuf>,
+) -> anyhow::Result<i32> {
+    tracing::info!(exec_id = %request.exec_id, task = request.task.name(), gms = gms.as_ref().map(|g| g.base_url()).unwrap_or("none"), "starting");
     let stop = StopHandle::default();
     spawn_signal_forwarder(stop.clone())?;
     let ctx = JobContext { cfg, gms, echo: true };
     let outcome = job::execute(&ctx, &request, &stop).await;
-    if let Some(path) = &args.result_file {
+    if let Some(path) = result_file {
         job::write_result_file(path, &request.urn(), &outcome.result)
             .with_context(|| format!("cannot write the result file {}", path.display()))?;
     }
@@ -127,7 +162,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     if let Some(sink) = &outcome.sink {
         println!("ingest-job: output went to the {sink}");
     }
-    if let Some(path) = &args.result_file {
+    if let Some(path) = result_file {
         println!("ingest-job: result written to {}", path.display());
     }
     if let Some(e) = &outcome.status_error {
