@@ -90,6 +90,57 @@ pub trait AdmissionGms: Send + Sync {
     fn secret_names(&self) -> BoxFuture<'_, Result<BTreeSet<String>, GmsError>>;
 }
 
+/// A store whose secret names can be listed without reading values (the cloud stores).
+pub trait SecretNames: Send + Sync {
+    /// The store's name (`aws-sm`, `gcp-sm`).
+    fn store(&self) -> &'static str;
+    /// The names it holds.
+    fn names(&self) -> BoxFuture<'_, Result<BTreeSet<String>, crate::error::SecretStoreError>>;
+}
+
+#[cfg(feature = "aws-sm")]
+impl SecretNames for crate::cloud_secrets::AwsSecretsManagerStore {
+    fn store(&self) -> &'static str {
+        crate::cloud_secrets::AWS_STORE
+    }
+
+    fn names(&self) -> BoxFuture<'_, Result<BTreeSet<String>, crate::error::SecretStoreError>> {
+        Box::pin(crate::cloud_secrets::AwsSecretsManagerStore::names(self))
+    }
+}
+
+impl SecretNames for crate::cloud_secrets::GcpSecretManagerStore {
+    fn store(&self) -> &'static str {
+        crate::cloud_secrets::GCP_STORE
+    }
+
+    fn names(&self) -> BoxFuture<'_, Result<BTreeSet<String>, crate::error::SecretStoreError>> {
+        Box::pin(crate::cloud_secrets::GcpSecretManagerStore::names(self))
+    }
+}
+
+/// The cloud stores of the configuration, as name sources (in precedence order).
+pub async fn cloud_name_sources(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Vec<Box<dyn SecretNames>>, ConfigError> {
+    let config = crate::cloud_secrets::CloudSecretsConfig::from_lookup(&lookup)?;
+    let mut sources: Vec<Box<dyn SecretNames>> = Vec::new();
+    if let Some(aws) = &config.aws {
+        #[cfg(feature = "aws-sm")]
+        sources.push(Box::new(crate::cloud_secrets::AwsSecretsManagerStore::from_config(aws).await));
+        #[cfg(not(feature = "aws-sm"))]
+        {
+            let _ = aws;
+            return Err(ConfigError::new("DATAHUB_EXECUTOR_AWS_SM_ENABLED", "this build has no AWS support"));
+        }
+    }
+    if let Some(gcp) = &config.gcp {
+        let tokens = crate::gcp::token_source_from_env(&lookup)?;
+        sources.push(Box::new(crate::cloud_secrets::GcpSecretManagerStore::new(gcp, tokens)?));
+    }
+    Ok(sources)
+}
+
 /// What became of one record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Decision {
@@ -126,6 +177,8 @@ struct Batch {
     jobs: Option<Vec<RunningJob>>,
     env_names: Option<BTreeSet<String>>,
     datahub_names: Option<BTreeSet<String>>,
+    /// Names of each cloud store, in precedence order.
+    cloud_names: Option<Vec<(&'static str, BTreeSet<String>)>>,
 }
 
 /// The admission use-case over its ports.
@@ -133,6 +186,8 @@ pub struct Admission<'a> {
     pub config: &'a AdmissionConfig,
     pub gms: &'a dyn AdmissionGms,
     pub launcher: &'a dyn Launcher,
+    /// The cloud secret stores' names (AWS, GCP), in precedence order; may be empty.
+    pub cloud: &'a [Box<dyn SecretNames>],
 }
 
 /// A launch waiting for the capacity re-check before its RUNNING is written.
@@ -147,7 +202,7 @@ struct Pending {
 impl Admission<'_> {
     /// Admits a batch; returns one decision per record, in order.
     pub async fn admit_batch(&self, records: &[Record]) -> Vec<Decision> {
-        let mut batch = Batch { jobs: None, env_names: None, datahub_names: None };
+        let mut batch = Batch { jobs: None, env_names: None, datahub_names: None, cloud_names: None };
         let mut decisions = Vec::with_capacity(records.len());
         let mut pending = Vec::new();
         for (index, record) in records.iter().enumerate() {
@@ -273,8 +328,9 @@ impl Admission<'_> {
                     plan = p;
                     if !missing.is_empty() {
                         problems.push(format!(
-                            "the recipe references secrets that no store holds: {} (looked in: the job's environment, the file store names in DATAHUB_EXECUTOR_FILE_SECRET_NAMES, DataHub secrets)",
-                            missing.join(", ")
+                            "the recipe references secrets that no store holds: {} (looked in: the job's environment, the file store names in DATAHUB_EXECUTOR_FILE_SECRET_NAMES, DataHub secrets{})",
+                            missing.join(", "),
+                            self.cloud.iter().map(|c| format!(", {}", c.store())).collect::<String>()
                         ));
                     }
                 }
@@ -358,10 +414,25 @@ impl Admission<'_> {
                 .map_err(|e| Decision::Retry { reason: format!("listing DataHub's secret names: {e}") })?;
             batch.datahub_names = Some(names);
         }
+        if batch.cloud_names.is_none() {
+            let mut all = Vec::new();
+            for source in self.cloud {
+                let names = source
+                    .names()
+                    .await
+                    .map_err(|e| Decision::Retry { reason: format!("listing secret names: {e}") })?;
+                all.push((source.store(), names));
+            }
+            batch.cloud_names = Some(all);
+        }
         let env = batch.env_names.as_ref();
         let datahub = batch.datahub_names.as_ref();
+        let cloud = batch.cloud_names.as_deref().unwrap_or_default();
         for name in refs.all() {
-            let store = if datahub.is_some_and(|d| d.contains(name)) {
+            // Later stores win, as in the job: env < file < datahub < aws-sm < gcp-sm.
+            let store = if let Some((store, _)) = cloud.iter().rev().find(|(_, names)| names.contains(name)) {
+                Some(*store)
+            } else if datahub.is_some_and(|d| d.contains(name)) {
                 Some("datahub")
             } else if self.config.file_secret_names.contains(name) {
                 Some("file")
@@ -596,7 +667,7 @@ mod tests {
             reference("missing-secret"),
             reference("done"),
         ];
-        let admission = Admission { config: &cfg, gms: &gms, launcher: &launcher };
+        let admission = Admission { config: &cfg, gms: &gms, launcher: &launcher, cloud: &[] };
         let d = admission.admit_batch(&records).await;
         assert!(matches!(&d[0], Decision::Launched { exec_id, .. } if exec_id == "ok-1"), "{d:?}");
         assert!(matches!(&d[1], Decision::Duplicate { exec_id, .. } if exec_id == "ok-1"), "{d:?}");
@@ -629,7 +700,7 @@ mod tests {
             launcher.add_job(&format!("running-{i}"), 0.25);
         }
         gms.put("fifth", input("remote", recipe("x"), None), None);
-        let admission = Admission { config: &cfg, gms: &gms, launcher: &launcher };
+        let admission = Admission { config: &cfg, gms: &gms, launcher: &launcher, cloud: &[] };
         let d = admission.admit_batch(&[reference("fifth")]).await;
         assert!(matches!(&d[0], Decision::Deferred { .. }) && d[0].redeliver(), "{d:?}");
         launcher.finish("running-0");
@@ -638,7 +709,7 @@ mod tests {
 
         // A weight of 1.0 runs alone.
         let (gms, launcher) = (FakeGms::new(), FakeLauncher::new());
-        let admission = Admission { config: &cfg, gms: &gms, launcher: &launcher };
+        let admission = Admission { config: &cfg, gms: &gms, launcher: &launcher, cloud: &[] };
         gms.put("heavy", input("remote", recipe("x"), Some(json!({"EXECUTOR_TASK_WEIGHT": "1.0"}))), None);
         gms.put("light", input("remote", recipe("x"), None), None);
         let d = admission.admit_batch(&[reference("heavy"), reference("light")]).await;
@@ -647,7 +718,7 @@ mod tests {
 
         for bad in ["0", "-1", "NaN", "abc", "2.5"] {
             let (gms, launcher) = (FakeGms::new(), FakeLauncher::new());
-            let admission = Admission { config: &cfg, gms: &gms, launcher: &launcher };
+            let admission = Admission { config: &cfg, gms: &gms, launcher: &launcher, cloud: &[] };
             gms.put("w", input("remote", recipe("x"), Some(json!({"EXECUTOR_TASK_WEIGHT": bad}))), None);
             let d = admission.admit_batch(&[reference("w")]).await;
             assert!(matches!(&d[0], Decision::Launched { weight, .. } if *weight == 0.25), "{bad}: {d:?}");
@@ -663,7 +734,7 @@ mod tests {
     async fn transient_failures_are_redelivered_and_nothing_is_launched() {
         let (gms, launcher, cfg) = (FakeGms::new(), FakeLauncher::new(), config());
         gms.put("a", input("remote", recipe("x"), None), None);
-        let admission = Admission { config: &cfg, gms: &gms, launcher: &launcher };
+        let admission = Admission { config: &cfg, gms: &gms, launcher: &launcher, cloud: &[] };
         gms.fail_reads(1);
         let d = admission.admit_batch(&[reference("a")]).await;
         assert!(matches!(&d[0], Decision::Retry { .. }), "{d:?}");
@@ -684,8 +755,8 @@ mod tests {
         }
         gms.put("x", input("remote", recipe("x"), None), None);
         gms.put("y", input("remote", recipe("x"), None), None);
-        let a = Admission { config: &cfg, gms: &gms, launcher: &launcher };
-        let b = Admission { config: &cfg, gms: &gms, launcher: &launcher };
+        let a = Admission { config: &cfg, gms: &gms, launcher: &launcher, cloud: &[] };
+        let b = Admission { config: &cfg, gms: &gms, launcher: &launcher, cloud: &[] };
         // Both see three jobs and room for one more; both launch; the re-check stops one.
         let rx = [reference("x")];
         let ry = [reference("y")];

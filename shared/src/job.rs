@@ -27,7 +27,7 @@ use crate::request::{
     CLI_EXECUTOR_ID, EXECUTION_REQUEST_URN_PREFIX, ExecutionRequest, INGESTION_SOURCE_URN_PREFIX, TaskArgs, TaskKind,
 };
 use crate::runner::{self, ChildCommand, Limits, StopReason, signal_name};
-use crate::secrets::{DatahubStore, EnvStore, FileStore, SecretStore, looks_like_json_document, resolve};
+use crate::secrets::{DatahubStore, EnvStore, FileStore, SecretStore, looks_like_json_document, resolve_in};
 use crate::status::{
     ExecutionResult, Status, StructuredReport, execution_request_proposal, ingest_proposal_body, result_body,
 };
@@ -96,6 +96,8 @@ pub struct JobContext {
     pub gms: Option<GmsClient>,
     /// Echo the masked output lines to stdout.
     pub echo: bool,
+    /// The cloud secret stores (AWS, GCP) in precedence order, after env, file and datahub.
+    pub cloud_stores: Vec<Box<dyn SecretStore>>,
 }
 
 fn now_ms() -> i64 {
@@ -315,8 +317,10 @@ async fn run_task(
         }
     };
     let names: Vec<String> = refs.all().cloned().collect();
-    let stores = secret_stores(cfg, ctx.gms.as_ref(), &req.args.extra_env_vars);
-    let values = match resolve(&stores, &names).await {
+    let local = secret_stores(cfg, ctx.gms.as_ref(), &req.args.extra_env_vars);
+    let stores: Vec<&dyn SecretStore> =
+        local.iter().map(|s| s.as_ref()).chain(ctx.cloud_stores.iter().map(|s| s.as_ref())).collect();
+    let values = match resolve_in(&stores, &names).await {
         Ok(v) => v,
         Err(e) => {
             report.error(format!("Secret resolution failed: {e}"));
@@ -586,7 +590,8 @@ fn child_env(req: &ExecutionRequest, venv: &Path, exec_dir: &Path, artifacts: &P
     env.into_iter().collect()
 }
 
-/// The stores a run reads, in precedence order (later wins): env < file < datahub.
+/// The stores a run reads besides the cloud ones, in precedence order (later wins):
+/// env < file < datahub (< aws-sm < gcp-sm, from [`JobContext::cloud_stores`]).
 pub fn secret_stores(
     cfg: &JobConfig,
     gms: Option<&GmsClient>,

@@ -9,6 +9,7 @@
 //! log line or to a GMS request, and error types carry names, never values.
 
 pub mod admission;
+pub mod cloud_secrets;
 pub mod config;
 pub mod error;
 pub mod gcp;

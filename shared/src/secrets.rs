@@ -30,6 +30,15 @@ pub async fn resolve(
     stores: &[Box<dyn SecretStore>],
     names: &[String],
 ) -> Result<BTreeMap<String, String>, SecretStoreError> {
+    let refs: Vec<&dyn SecretStore> = stores.iter().map(|s| s.as_ref()).collect();
+    resolve_in(&refs, names).await
+}
+
+/// [`resolve`] over borrowed stores.
+pub async fn resolve_in(
+    stores: &[&dyn SecretStore],
+    names: &[String],
+) -> Result<BTreeMap<String, String>, SecretStoreError> {
     let mut values = BTreeMap::new();
     if names.is_empty() {
         return Ok(values);
@@ -183,10 +192,10 @@ mod tests {
         std::fs::write(dir.path().join("A"), "from-file\n").expect("write");
         std::fs::write(dir.path().join("T"), "keeps trailing space \n").expect("write");
         let env = EnvStore::new([("A".to_string(), "from-env".to_string()), ("B".into(), "env-b".into())].into());
-        let stores: Vec<Box<dyn SecretStore>> =
-            vec![Box::new(env), Box::new(FileStore::new(dir.path().to_path_buf(), 100))];
+        let file = FileStore::new(dir.path().to_path_buf(), 100);
+        let stores: Vec<&dyn SecretStore> = vec![&env, &file];
         let names: Vec<String> = ["A", "B", "C", "T"].iter().map(|s| s.to_string()).collect();
-        let v = resolve(&stores, &names).await.expect("ok");
+        let v = resolve_in(&stores, &names).await.expect("ok");
         assert_eq!(v["A"], "from-file");
         assert_eq!(v["B"], "env-b");
         assert_eq!(v["T"], "keeps trailing space ");

@@ -116,6 +116,7 @@ async fn world(test: &str, max_workers: usize) -> Option<World> {
         },
         gms: Box::new(gms_client),
         launcher: Box::new(EcsLauncher::new(ecs.clone(), config)),
+        cloud: Vec::new(),
         queue: Some(Queue::new(sqs.clone(), Some(dlq_url.clone()))),
         backoff_base: Duration::from_secs(30),
         backoff_max: Duration::from_secs(900),

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use lambda_runtime::LambdaEvent;
-use shared::admission::{Admission, AdmissionConfig, AdmissionGms, Decision, Record, backoff};
+use shared::admission::{Admission, AdmissionConfig, AdmissionGms, Decision, Record, SecretNames, backoff};
 use shared::launcher::Launcher;
 use tokio::sync::Mutex;
 
@@ -90,6 +90,8 @@ pub struct App {
     pub config: AdmissionConfig,
     pub gms: Box<dyn AdmissionGms>,
     pub launcher: Box<dyn Launcher>,
+    /// The cloud secret stores whose names the secret plan checks.
+    pub cloud: Vec<Box<dyn SecretNames>>,
     pub queue: Option<Queue>,
     /// `DATAHUB_EXECUTOR_CAPACITY_BACKOFF` (default 30 s) and `..._MAX` (default 900 s).
     pub backoff_base: Duration,
@@ -106,7 +108,8 @@ pub async fn handle(app: &App, event: LambdaEvent<SqsEvent>) -> Result<SqsBatchR
             body: m.body.clone().unwrap_or_default(),
         })
         .collect();
-    let admission = Admission { config: &app.config, gms: app.gms.as_ref(), launcher: app.launcher.as_ref() };
+    let admission =
+        Admission { config: &app.config, gms: app.gms.as_ref(), launcher: app.launcher.as_ref(), cloud: &app.cloud };
     let decisions = admission.admit_batch(&records).await;
     let mut response = SqsBatchResponse::default();
     for (msg, decision) in messages.iter().zip(&decisions) {

@@ -20,6 +20,7 @@ pub async fn build_from_env() -> anyhow::Result<handler::App> {
         token: env("DATAHUB_GMS_TOKEN").map(Into::into),
     })?;
     let launcher = shared::launcher::from_env().await?;
+    let cloud = shared::admission::cloud_name_sources(env).await?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let queue = handler::Queue::new(aws_sdk_sqs::Client::new(&aws), env("DATAHUB_EXECUTOR_DLQ_URL"));
     let seconds = |var: &str, default: u64| -> anyhow::Result<Duration> {
@@ -32,6 +33,7 @@ pub async fn build_from_env() -> anyhow::Result<handler::App> {
         config,
         gms: Box::new(gms),
         launcher,
+        cloud,
         queue: Some(queue),
         backoff_base: seconds("DATAHUB_EXECUTOR_CAPACITY_BACKOFF", 30)?,
         backoff_max: seconds("DATAHUB_EXECUTOR_CAPACITY_BACKOFF_MAX", 900)?,

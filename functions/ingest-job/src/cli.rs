@@ -87,6 +87,8 @@ pub fn init_tracing() {
 
 pub async fn run(cli: Cli) -> anyhow::Result<i32> {
     let cfg = JobConfig::from_env().context("configuration")?;
+    // Checked at start-up: an invalid secret-store prefix stops here, naming its variable.
+    shared::cloud_secrets::CloudSecretsConfig::from_env().context("configuration")?;
     let gms = cfg.gms.as_ref().map(GmsClient::new).transpose().context("GMS client")?;
     let args = match cli.command {
         Command::Run(args) => args,
@@ -150,7 +152,8 @@ async fn execute(
     tracing::info!(exec_id = %request.exec_id, task = request.task.name(), gms = gms.as_ref().map(|g| g.base_url()).unwrap_or("none"), "starting");
     let stop = StopHandle::default();
     spawn_signal_forwarder(stop.clone())?;
-    let ctx = JobContext { cfg, gms, echo: true };
+    let cloud_stores = shared::cloud_secrets::cloud_stores_from_env().await.context("cloud secret stores")?;
+    let ctx = JobContext { cfg, gms, echo: true, cloud_stores };
     let outcome = job::execute(&ctx, &request, &stop).await;
     if let Some(path) = result_file {
         job::write_result_file(path, &request.urn(), &outcome.result)

@@ -6,9 +6,16 @@ mod cli;
 use clap::Parser;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() {
     let args = cli::Cli::parse();
     cli::init_tracing();
-    let code = cli::run(args).await?;
+    let code = match cli::run(args).await {
+        Ok(code) => code,
+        Err(e) => {
+            // Configuration and usage problems: nothing ran, nothing was reported.
+            eprintln!("ingest-job: {e:#}");
+            shared::job::exit_code::USAGE
+        }
+    };
     std::process::exit(code);
 }
