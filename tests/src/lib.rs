@@ -8,6 +8,7 @@
 //!
 //! This crate owns no production code and must not be a dependency of one.
 
+pub mod gcp_sm;
 pub mod gms;
 pub mod jobrun;
 pub mod lambda_api;
