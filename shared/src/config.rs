@@ -169,6 +169,79 @@ pub fn parse_seconds(v: &str) -> Option<Duration> {
     v.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9).map(Duration::from_secs_f64)
 }
 
+/// The variable naming a Secrets Manager secret (ARN or name) that holds the GMS token: how the
+/// Lambda functions get it, so the token never shows in the function's configuration (a
+/// `{{resolve:secretsmanager:..}}` reference in `Environment` would). ECS and Cloud Run inject it
+/// into the job as `DATAHUB_GMS_TOKEN` from the secret instead.
+pub const GMS_TOKEN_SECRET_ENV: &str = "DATAHUB_GMS_TOKEN_SECRET_ARN";
+
+/// Where the GMS token comes from: `DATAHUB_GMS_TOKEN` itself, or the Secrets Manager secret named
+/// by [`GMS_TOKEN_SECRET_ENV`], read once at start-up (a cold start of the function). Setting both
+/// is an error, so a stale inline token cannot silently win over the managed secret.
+#[derive(Debug, Clone)]
+pub enum GmsTokenSource {
+    None,
+    Inline(SecretString),
+    SecretsManager { secret_id: String },
+}
+
+impl GmsTokenSource {
+    /// Reads `DATAHUB_GMS_TOKEN` and [`GMS_TOKEN_SECRET_ENV`] through `lookup` (empty = unset).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| lookup(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        match (get("DATAHUB_GMS_TOKEN"), get(GMS_TOKEN_SECRET_ENV)) {
+            (Some(_), Some(_)) => Err(ConfigError::new(
+                GMS_TOKEN_SECRET_ENV,
+                "is set together with DATAHUB_GMS_TOKEN: set only one of them",
+            )),
+            (Some(t), None) => Ok(GmsTokenSource::Inline(SecretString::from(t))),
+            (None, Some(id)) => Ok(GmsTokenSource::SecretsManager { secret_id: id }),
+            (None, None) => Ok(GmsTokenSource::None),
+        }
+    }
+
+    /// The token: the inline one, or the secret's `SecretString` (trimmed) read with `client`.
+    /// Errors name [`GMS_TOKEN_SECRET_ENV`] and the secret id, never a value.
+    #[cfg(feature = "aws-sm")]
+    pub async fn resolve(&self, client: &aws_sdk_secretsmanager::Client) -> Result<Option<SecretString>, ConfigError> {
+        let secret_id = match self {
+            GmsTokenSource::None => return Ok(None),
+            GmsTokenSource::Inline(t) => return Ok(Some(t.clone())),
+            GmsTokenSource::SecretsManager { secret_id } => secret_id,
+        };
+        let out = client.get_secret_value().secret_id(secret_id).send().await.map_err(|e| {
+            ConfigError::new(
+                GMS_TOKEN_SECRET_ENV,
+                format!(
+                    "cannot read the GMS token from secret {secret_id:?}: {}",
+                    aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+                ),
+            )
+        })?;
+        let token = out.secret_string().map(str::trim).filter(|t| !t.is_empty()).ok_or_else(|| {
+            ConfigError::new(
+                GMS_TOKEN_SECRET_ENV,
+                format!("secret {secret_id:?} has no SecretString (the token as text)"),
+            )
+        })?;
+        Ok(Some(SecretString::from(token.to_owned())))
+    }
+
+    /// [`Self::resolve`] with a client from the environment (`aws_config::load_defaults`), built
+    /// only when a secret has to be read.
+    #[cfg(feature = "aws-sm")]
+    pub async fn resolve_from_env(&self) -> Result<Option<SecretString>, ConfigError> {
+        match self {
+            GmsTokenSource::None => Ok(None),
+            GmsTokenSource::Inline(t) => Ok(Some(t.clone())),
+            GmsTokenSource::SecretsManager { .. } => {
+                let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                self.resolve(&aws_sdk_secretsmanager::Client::new(&sdk)).await
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,5 +274,61 @@ mod tests {
         assert_eq!(c.gms.expect("gms").url, "http://gms:9002");
         let e = cfg(&[("DATAHUB_EXECUTOR_TASK_TIMEOUT", "soon")]).expect_err("timeout");
         assert!(e.to_string().contains("DATAHUB_EXECUTOR_TASK_TIMEOUT"), "{e}");
+    }
+
+    #[test]
+    fn token_source_is_inline_or_a_secret_but_not_both() {
+        let src = |pairs: &[(&str, &str)]| {
+            let m: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            GmsTokenSource::from_lookup(|k| m.get(k).cloned())
+        };
+        assert!(matches!(src(&[]), Ok(GmsTokenSource::None)));
+        assert!(matches!(src(&[("DATAHUB_GMS_TOKEN", " t ")]), Ok(GmsTokenSource::Inline(_))));
+        let arn = "arn:aws:secretsmanager:us-east-1:1:secret:tok";
+        assert!(
+            matches!(src(&[(GMS_TOKEN_SECRET_ENV, arn)]), Ok(GmsTokenSource::SecretsManager { secret_id }) if secret_id == arn)
+        );
+        let e = src(&[("DATAHUB_GMS_TOKEN", "t"), (GMS_TOKEN_SECRET_ENV, arn)]).expect_err("both");
+        assert_eq!(e.var, GMS_TOKEN_SECRET_ENV);
+    }
+
+    #[cfg(feature = "aws-sm")]
+    #[tokio::test]
+    async fn token_is_read_from_secrets_manager_and_failures_name_the_variable() {
+        use aws_sdk_secretsmanager::Client;
+        use aws_sdk_secretsmanager::operation::get_secret_value::{GetSecretValueError, GetSecretValueOutput};
+        use aws_sdk_secretsmanager::types::error::ResourceNotFoundException;
+        use aws_smithy_mocks::{RuleMode, mock, mock_client};
+        use secrecy::ExposeSecret;
+
+        const TOKEN: &str = "eyJ-gms-token-never-logged";
+        let arn = "arn:aws:secretsmanager:us-east-1:111111111111:secret:datahub-gms-token";
+        let src = GmsTokenSource::SecretsManager { secret_id: arn.into() };
+        let ok = mock!(Client::get_secret_value)
+            .match_requests(move |r| r.secret_id() == Some(arn))
+            .then_output(|| GetSecretValueOutput::builder().secret_string(format!("{TOKEN}\n")).build());
+        let client = mock_client!(aws_sdk_secretsmanager, RuleMode::Sequential, &[&ok]);
+        let token = src.resolve(&client).await.expect("read").expect("some");
+        assert_eq!(token.expose_secret(), TOKEN, "read once and trimmed");
+
+        let gone = mock!(Client::get_secret_value).then_error(|| {
+            GetSecretValueError::ResourceNotFoundException(
+                ResourceNotFoundException::builder()
+                    .message("Secrets Manager can't find the specified secret.")
+                    .build(),
+            )
+        });
+        let client = mock_client!(aws_sdk_secretsmanager, RuleMode::Sequential, &[&gone]);
+        let e = src.resolve(&client).await.expect_err("missing");
+        assert_eq!(e.var, GMS_TOKEN_SECRET_ENV);
+        assert!(e.to_string().contains(arn) && e.to_string().contains("can't find"), "{e}");
+
+        let empty = mock!(Client::get_secret_value).then_output(|| GetSecretValueOutput::builder().build());
+        let client = mock_client!(aws_sdk_secretsmanager, RuleMode::Sequential, &[&empty]);
+        assert!(src.resolve(&client).await.expect_err("binary only").to_string().contains("no SecretString"));
+
+        let inline = GmsTokenSource::Inline(SecretString::from(TOKEN.to_owned()));
+        let client = mock_client!(aws_sdk_secretsmanager, RuleMode::Sequential, &[]);
+        assert_eq!(inline.resolve(&client).await.expect("inline").expect("some").expose_secret(), TOKEN);
     }
 }

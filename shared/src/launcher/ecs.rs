@@ -285,8 +285,13 @@ impl EcsLauncher {
     /// configuration from `DATAHUB_EXECUTOR_ECS_*`.
     pub async fn from_env() -> Result<Self, ConfigError> {
         let config = EcsConfig::from_lookup(|var| std::env::var(var).ok())?;
+        Ok(Self::from_config(config).await)
+    }
+
+    /// A launcher for `config` with a client from the AWS SDK's environment.
+    pub async fn from_config(config: EcsConfig) -> Self {
         let sdk = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Ok(EcsLauncher::new(Client::new(&sdk), config))
+        EcsLauncher::new(Client::new(&sdk), config)
     }
 
     pub fn config(&self) -> &EcsConfig {

@@ -34,10 +34,15 @@ struct LocalJob {
 impl LocalLauncher {
     /// `DATAHUB_EXECUTOR_LOCAL_JOB_BIN` (default `ingest-job` from PATH).
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let bin = lookup("DATAHUB_EXECUTOR_LOCAL_JOB_BIN")
+        Ok(LocalLauncher::new(Self::bin_from_lookup(lookup)))
+    }
+
+    /// The binary named by `DATAHUB_EXECUTOR_LOCAL_JOB_BIN` (default `ingest-job` from PATH).
+    pub fn bin_from_lookup(lookup: impl Fn(&str) -> Option<String>) -> PathBuf {
+        lookup("DATAHUB_EXECUTOR_LOCAL_JOB_BIN")
             .filter(|v| !v.trim().is_empty())
-            .unwrap_or_else(|| "ingest-job".into());
-        Ok(LocalLauncher::new(bin.into()))
+            .unwrap_or_else(|| "ingest-job".into())
+            .into()
     }
 
     pub fn new(bin: PathBuf) -> Self {

@@ -168,22 +168,55 @@ pub trait Launcher: Send + Sync {
     fn job_env_names(&self) -> BoxFuture<'_, Result<BTreeSet<String>, LaunchError>>;
 }
 
-/// The launcher named by `DATAHUB_EXECUTOR_LAUNCHER` (`ecs`, `cloud-run` or `local`; default
-/// `local`), configured from the process environment.
-pub async fn from_env() -> Result<Box<dyn Launcher>, crate::error::ConfigError> {
-    let lookup = |k: &str| std::env::var(k).ok();
-    let name =
-        lookup("DATAHUB_EXECUTOR_LAUNCHER").map(|v| v.trim().to_ascii_lowercase()).unwrap_or_else(|| "local".into());
-    match name.as_str() {
-        #[cfg(feature = "aws")]
-        "ecs" => Ok(Box::new(ecs::EcsLauncher::from_env().await?)),
-        "cloud-run" | "cloudrun" => Ok(Box::new(cloud_run::CloudRunLauncher::from_lookup(lookup)?)),
-        "local" | "" => Ok(Box::new(local::LocalLauncher::from_lookup(lookup)?)),
-        other => Err(crate::error::ConfigError::new(
-            "DATAHUB_EXECUTOR_LAUNCHER",
-            format!("{other:?} is not a launcher: use ecs, cloud-run or local"),
-        )),
+/// What `DATAHUB_EXECUTOR_LAUNCHER` selects (`ecs`, `cloud-run` or `local`; default `local`) with
+/// that launcher's configuration. Pure: no client is built, so tests (and the deployment
+/// templates' variable check) can load it from a map.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LauncherConfig {
+    #[cfg(feature = "aws")]
+    Ecs(ecs::EcsConfig),
+    CloudRun(cloud_run::CloudRunConfig),
+    /// The binary the local launcher runs (`DATAHUB_EXECUTOR_LOCAL_JOB_BIN`).
+    Local(std::path::PathBuf),
+}
+
+impl LauncherConfig {
+    /// Reads `DATAHUB_EXECUTOR_LAUNCHER` and the chosen launcher's variables through `lookup`.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, crate::error::ConfigError> {
+        let name = lookup("DATAHUB_EXECUTOR_LAUNCHER").map(|v| v.trim().to_ascii_lowercase()).unwrap_or_default();
+        match name.as_str() {
+            #[cfg(feature = "aws")]
+            "ecs" => Ok(LauncherConfig::Ecs(ecs::EcsConfig::from_lookup(&lookup)?)),
+            "cloud-run" | "cloudrun" => Ok(LauncherConfig::CloudRun(cloud_run::CloudRunConfig::from_lookup(&lookup)?)),
+            "local" | "" => Ok(LauncherConfig::Local(local::LocalLauncher::bin_from_lookup(&lookup))),
+            other => Err(crate::error::ConfigError::new(
+                "DATAHUB_EXECUTOR_LAUNCHER",
+                format!("{other:?} is not a launcher: use ecs, cloud-run or local"),
+            )),
+        }
     }
+}
+
+/// The launcher configured through `lookup` ([`LauncherConfig::from_lookup`]); the Cloud Run
+/// launcher's Google token source is chosen through `lookup` too, the ECS client from the AWS
+/// SDK's own environment.
+pub async fn from_lookup(
+    lookup: impl Fn(&str) -> Option<String>,
+) -> Result<Box<dyn Launcher>, crate::error::ConfigError> {
+    match LauncherConfig::from_lookup(&lookup)? {
+        #[cfg(feature = "aws")]
+        LauncherConfig::Ecs(config) => Ok(Box::new(ecs::EcsLauncher::from_config(config).await)),
+        LauncherConfig::CloudRun(config) => {
+            let tokens = crate::gcp::token_source_from_env(&lookup)?;
+            Ok(Box::new(cloud_run::CloudRunLauncher::new(config, tokens)?))
+        }
+        LauncherConfig::Local(bin) => Ok(Box::new(local::LocalLauncher::new(bin))),
+    }
+}
+
+/// [`from_lookup`] over the process environment.
+pub async fn from_env() -> Result<Box<dyn Launcher>, crate::error::ConfigError> {
+    from_lookup(|k| std::env::var(k).ok()).await
 }
 
 #[cfg(test)]
