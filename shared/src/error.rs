@@ -95,3 +95,43 @@ pub enum VenvError {
     #[error("venv setup failed: {0}")]
     Invalid(String),
 }
+
+/// A failed call to an AWS service (SQS, DynamoDB) made by the relay. Names the resource (queue
+/// URL, table, execution id), never a message body.
+#[derive(Debug, Error, Clone, PartialEq)]
+#[error("{service} {operation} on {resource} failed: {reason}")]
+pub struct AwsError {
+    pub service: &'static str,
+    pub operation: &'static str,
+    pub resource: String,
+    pub reason: String,
+    /// Throttling, 5xx, time-outs, connection errors: worth retrying on the next run.
+    pub transient: bool,
+}
+
+/// Something one part of a relay run could not do. The run goes on with its other parts.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum RelayError {
+    #[error("{part}: {source}")]
+    Gms { part: &'static str, source: GmsError },
+    #[error("{part}: {source}")]
+    Aws { part: &'static str, source: AwsError },
+    #[error("{part}: {source}")]
+    Launcher { part: &'static str, source: crate::launcher::LaunchError },
+    #[error("datahub-cloud: GMS listExecutorConfigs has no READY executor config for pool {pool:?}")]
+    NoExecutorConfig { pool: String },
+}
+
+impl RelayError {
+    /// Whether the work left undone can succeed on a retry (the invocation then fails, so the
+    /// schedule's retry and the function's error metric show it).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            RelayError::Gms { source, .. } => source.is_transient(),
+            RelayError::Aws { source, .. } => source.transient,
+            RelayError::Launcher { source, .. } => source.is_transient(),
+            // DataHub's worker retries this too: the pool may still be provisioning.
+            RelayError::NoExecutorConfig { .. } => true,
+        }
+    }
+}

@@ -1,7 +1,9 @@
 //! A small client for the GMS endpoints the executor uses: `ingestProposal` (status writes, as
 //! DataHub's executor sends them: `reference/peer-executor.md` §2.1), the OpenAPI v2 batch read of
 //! entity aspects (request input, signals, ingestion sources: `reference/datahub-executor.md` §2.3,
-//! §2.5) and GraphQL `getSecretValues` (§3.2 of the peer reference).
+//! §2.5), the OpenAPI v2 scroll of the search index (the relay's sweeper and self-hosted feed:
+//! §6.2), `GET /config`, and GraphQL `getSecretValues` (§3.2 of the peer reference),
+//! `listSecrets` and `listExecutorConfigs` (§2.1).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -45,6 +47,17 @@ impl GmsClient {
     /// The base URL.
     pub fn base_url(&self) -> &str {
         &self.base
+    }
+
+    async fn get(&self, what: &'static str, path_and_query: &str) -> Result<String, GmsError> {
+        let mut req = self.http.get(format!("{}{path_and_query}", self.base)).header("Accept", "application/json");
+        if let Some(a) = &self.auth {
+            req = req.header("Authorization", a);
+        }
+        let resp = req.send().await.map_err(|e| GmsError::Transport { what, reason: error_chain(&e) })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| GmsError::Transport { what, reason: error_chain(&e) })?;
+        if (200..300).contains(&status) { Ok(text) } else { Err(GmsError::Http { what, status, body: excerpt(&text) }) }
     }
 
     async fn post(&self, what: &'static str, path: &str, body: String) -> Result<String, GmsError> {
@@ -104,6 +117,74 @@ impl GmsClient {
         Ok(out)
     }
 
+    /// Reads aspects of entities with their `systemMetadata` (`lastObserved`): the OpenAPI v2
+    /// batch read with `withSystemMetadata: true`. Entities without any of the aspects are absent.
+    pub async fn batch_get_enveloped(
+        &self,
+        entity: &str,
+        urns: &[String],
+        aspects: &[&str],
+    ) -> Result<BTreeMap<String, BTreeMap<String, EnvelopedAspect>>, GmsError> {
+        let what = "entity batch read";
+        let body = json!({"urns": urns, "aspectNames": aspects, "withSystemMetadata": true}).to_string();
+        let text = self.post(what, &format!("/openapi/v2/entity/batch/{entity}"), body).await?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| GmsError::Decode { what, reason: e.to_string() })?;
+        Ok(enveloped_entities(what, &v, &["entities"], aspects)?.into_iter().collect())
+    }
+
+    /// One page of the OpenAPI v2 scroll `GET /openapi/v2/entity/<entity>` (the search index, as
+    /// DataHub's sweeper reads it: `reference/datahub-executor.md` §6.2), with `systemMetadata`.
+    /// `query` is Elasticsearch `query_string` syntax; `sort` is a field, ascending. The next
+    /// page is asked with the answer's `scrollId`; `None` means the last page was read.
+    pub async fn scroll(&self, entity: &str, request: &ScrollRequest<'_>) -> Result<ScrollPage, GmsError> {
+        let what = "entity scroll";
+        let mut params: Vec<(&str, &str)> = request.aspects.iter().map(|a| ("aspectNames", *a)).collect();
+        let count = request.count.to_string();
+        params.extend([("count", count.as_str()), ("query", request.query)]);
+        if let Some(sort) = request.sort {
+            params.extend([("sort", sort), ("sortOrder", "ASCENDING")]);
+        }
+        params.extend([("systemMetadata", "true"), ("skipCache", "true")]);
+        if let Some(id) = request.scroll_id {
+            params.push(("scrollId", id));
+        }
+        let query: Vec<String> = params.iter().map(|(k, v)| format!("{k}={}", url_encode(v))).collect();
+        let text = self.get(what, &format!("/openapi/v2/entity/{entity}?{}", query.join("&"))).await?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| GmsError::Decode { what, reason: e.to_string() })?;
+        let entities = enveloped_entities(what, &v, &["results", "entities"], request.aspects)?;
+        let scroll_id = v.get("scrollId").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_owned);
+        Ok(ScrollPage { entities, scroll_id })
+    }
+
+    /// `GET /config`: the server's configuration document.
+    pub async fn server_config(&self) -> Result<Value, GmsError> {
+        let what = "server config";
+        let text = self.get(what, "/config").await?;
+        serde_json::from_str(&text).map_err(|e| GmsError::Decode { what, reason: e.to_string() })
+    }
+
+    /// GraphQL `listExecutorConfigs` (`reference/datahub-executor.md` §2.1): the queue, region and
+    /// temporary credentials of every READY pool, as JSON objects.
+    pub async fn list_executor_configs(&self) -> Result<Vec<Value>, GmsError> {
+        let what = "listExecutorConfigs";
+        let query = "query listExecutorConfigs { listExecutorConfigs { total executorConfigs {\n  region executorId queueUrl accessKeyId secretKeyId sessionToken expiration } } }";
+        let body = json!({"query": query, "variables": {}}).to_string();
+        let text = self.post(what, "/api/graphql", body).await?;
+        let v: Value = serde_json::from_str(&text).map_err(|e| GmsError::Decode { what, reason: e.to_string() })?;
+        if let Some(errors) = v.get("errors").filter(|e| !e.is_null() && e.as_array().is_none_or(|a| !a.is_empty())) {
+            // DataHub answers errors with HTTP 200; an STS failure there is worth retrying.
+            return Err(GmsError::Http {
+                what,
+                status: 503,
+                body: format!("GraphQL errors: {}", excerpt(&errors.to_string())),
+            });
+        }
+        match v.pointer("/data/listExecutorConfigs/executorConfigs") {
+            Some(Value::Array(items)) => Ok(items.clone()),
+            _ => Err(GmsError::Decode { what, reason: "no data.listExecutorConfigs.executorConfigs list".into() }),
+        }
+    }
+
     /// GraphQL `getSecretValues`: the values DataHub holds for these names (absent names are missing).
     pub async fn get_secret_values(&self, names: &[String]) -> Result<BTreeMap<String, String>, GmsError> {
         let query = "query getSecretValues($input: GetSecretValuesInput!) {\n  getSecretValues(input: $input) {\n    name\n    value\n  }\n}";
@@ -161,6 +242,79 @@ impl GmsClient {
             }
         }
     }
+}
+
+/// One aspect with its `systemMetadata`, as the OpenAPI v2 reads return it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EnvelopedAspect {
+    pub value: Value,
+    pub system_metadata: Option<Value>,
+}
+
+impl EnvelopedAspect {
+    /// `systemMetadata.lastObserved` (epoch ms): when GMS last saw this aspect written.
+    pub fn last_observed_ms(&self) -> Option<i64> {
+        self.system_metadata.as_ref()?.get("lastObserved")?.as_i64()
+    }
+}
+
+/// What [`GmsClient::scroll`] asks for.
+#[derive(Debug, Clone)]
+pub struct ScrollRequest<'a> {
+    pub aspects: &'a [&'a str],
+    pub query: &'a str,
+    pub count: usize,
+    pub sort: Option<&'a str>,
+    pub scroll_id: Option<&'a str>,
+}
+
+/// One page of a scroll: each entity's urn and aspects, and where the next page starts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScrollPage {
+    pub entities: Vec<(String, BTreeMap<String, EnvelopedAspect>)>,
+    pub scroll_id: Option<String>,
+}
+
+/// Reads `[{"urn", "aspects": {name: {"value", "systemMetadata"}}}]` (or the aspects beside the
+/// urn) from the first of `lists` that the answer holds.
+fn enveloped_entities(
+    what: &'static str,
+    v: &Value,
+    lists: &[&str],
+    aspects: &[&str],
+) -> Result<Vec<(String, BTreeMap<String, EnvelopedAspect>)>, GmsError> {
+    let items = lists
+        .iter()
+        .find_map(|l| v.get(*l).and_then(Value::as_array))
+        .or(v.as_array())
+        .ok_or_else(|| GmsError::Decode { what, reason: format!("no `{}` list", lists.join("` or `")) })?;
+    let mut out = Vec::with_capacity(items.len());
+    for e in items {
+        let Some(urn) = e.get("urn").and_then(Value::as_str) else { continue };
+        let holder = e.get("aspects").unwrap_or(e);
+        let mut found = BTreeMap::new();
+        for name in aspects {
+            if let Some(a) = holder.get(*name).filter(|a| !a.is_null()) {
+                let value = a.get("value").cloned().unwrap_or_else(|| a.clone());
+                let system_metadata = a.get("systemMetadata").filter(|m| !m.is_null()).cloned();
+                found.insert((*name).to_owned(), EnvelopedAspect { value, system_metadata });
+            }
+        }
+        out.push((urn.to_owned(), found));
+    }
+    Ok(out)
+}
+
+/// Percent-encoding of a query-string value (RFC 3986 unreserved characters stay).
+fn url_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
 }
 
 fn excerpt(text: &str) -> String {

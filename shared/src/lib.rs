@@ -21,6 +21,7 @@ pub mod memory;
 pub mod message;
 pub mod pyfmt;
 pub mod recipe;
+pub mod relay;
 pub mod report;
 pub mod request;
 pub mod runner;

@@ -57,6 +57,12 @@ fn garbage(reason: impl Into<String>) -> Garbage {
     Garbage { reason: reason.into(), exec_id: None }
 }
 
+/// The reference message for `exec_id`: `{"executionRequestUrn": "urn:li:dataHubExecutionRequest:<id>"}`
+/// (what the relay enqueues; [`parse`] reads it back as [`Format::Reference`]).
+pub fn reference_body(exec_id: &str) -> String {
+    serde_json::json!({"executionRequestUrn": format!("{EXECUTION_REQUEST_URN_PREFIX}{exec_id}")}).to_string()
+}
+
 /// Reads one SQS message body.
 pub fn parse(body: &str) -> Result<Incoming, Garbage> {
     let trimmed = body.trim();
@@ -193,6 +199,14 @@ mod tests {
             Ok(Incoming::Fetch { exec_id: "abc".into(), format: Format::Reference })
         );
         assert!(parse(r#"{"executionRequestUrn": "urn:li:dataset:x"}"#).is_err());
+    }
+
+    #[test]
+    fn reference_bodies_round_trip() {
+        assert_eq!(
+            parse(&reference_body("r-1")),
+            Ok(Incoming::Fetch { exec_id: "r-1".into(), format: Format::Reference })
+        );
     }
 
     #[test]
