@@ -419,7 +419,6 @@ mod aws {
     use std::collections::{BTreeMap, BTreeSet};
 
     use aws_sdk_secretsmanager::Client;
-    use aws_sdk_secretsmanager::error::DisplayErrorContext;
     use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, SecretValueEntry};
 
     use super::{AWS_BATCH_SIZE, AWS_STORE, AwsSmConfig, MAX_PAGES, distinct};
@@ -476,7 +475,7 @@ mod aws {
                 let page = req
                     .send()
                     .await
-                    .map_err(|e| fail(listing(), format!("ListSecrets failed: {}", DisplayErrorContext(&e))))?;
+                    .map_err(|e| fail(listing(), format!("ListSecrets failed: {}", crate::aws_error::describe(&e).reason)))?;
                 names.extend(
                     page.secret_list()
                         .iter()
@@ -522,7 +521,7 @@ mod aws {
                     .send()
                     .await
                     .map_err(|e| {
-                        fail(chunk.to_vec(), format!("BatchGetSecretValue failed: {}", DisplayErrorContext(&e)))
+                        fail(chunk.to_vec(), format!("BatchGetSecretValue failed: {}", crate::aws_error::describe(&e).reason))
                     })?;
                 for entry in page.secret_values() {
                     let Some(name) = entry.name().and_then(|n| n.strip_prefix(self.prefix.as_str())) else {

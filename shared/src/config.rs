@@ -214,7 +214,7 @@ impl GmsTokenSource {
                 GMS_TOKEN_SECRET_ENV,
                 format!(
                     "cannot read the GMS token from secret {secret_id:?}: {}",
-                    aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+                    crate::aws_error::describe(&e).reason
                 ),
             )
         })?;

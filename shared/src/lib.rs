@@ -9,6 +9,8 @@
 //! log line or to a GMS request, and error types carry names, never values.
 
 pub mod admission;
+#[cfg(feature = "aws-sm")]
+pub mod aws_error;
 pub mod cloud_secrets;
 pub mod config;
 pub mod error;

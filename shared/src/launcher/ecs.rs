@@ -35,7 +35,7 @@ use std::collections::BTreeSet;
 
 use aws_sdk_ecs::Client;
 use aws_sdk_ecs::config::http::HttpResponse;
-use aws_sdk_ecs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ecs::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ecs::operation::run_task::{RunTaskError, RunTaskOutput};
 use aws_sdk_ecs::types as et;
 use sha2::{Digest, Sha256};
@@ -204,56 +204,14 @@ fn permanent(reason: impl Into<String>) -> LaunchError {
     LaunchError::Permanent { launcher: LAUNCHER, reason: truncate_chars(&reason.into(), MAX_REASON_CHARS) }
 }
 
-/// Error codes that are worth retrying even when they come with a 4xx status.
-fn is_transient_code(code: &str) -> bool {
-    matches!(
-        code,
-        "ThrottlingException"
-            | "Throttling"
-            | "ThrottledException"
-            | "TooManyRequestsException"
-            | "RequestLimitExceeded"
-            | "RequestThrottled"
-            | "RequestThrottledException"
-            | "ServerException"
-            | "ServiceUnavailable"
-            | "ServiceUnavailableException"
-            | "InternalFailure"
-            | "InternalError"
-            | "RequestTimeout"
-            | "RequestTimeoutException"
-            | "ExpiredToken"
-            | "ExpiredTokenException"
-            | "RequestExpired"
-    )
-}
-
 /// Maps an SDK error of `op` to a [`LaunchError`].
 fn sdk_error<E>(op: &str, err: &SdkError<E, HttpResponse>) -> LaunchError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    match err {
-        SdkError::ServiceError(ctx) => {
-            // Code and message alone: the raw response (headers, body) would only add noise.
-            let status = ctx.raw().status().as_u16();
-            let e = ctx.err();
-            let what = match (e.code(), e.message()) {
-                (Some(code), Some(message)) => format!("{code}: {message}"),
-                (Some(code), None) => code.to_owned(),
-                _ => DisplayErrorContext(e).to_string(),
-            };
-            let reason = format!("{op} failed (HTTP {status}): {what}");
-            if status >= 500 || status == 429 || e.code().is_some_and(is_transient_code) {
-                transient(reason)
-            } else {
-                permanent(reason)
-            }
-        }
-        SdkError::ConstructionFailure(_) => permanent(format!("{op} failed: {}", DisplayErrorContext(err))),
-        // Time-outs, connection failures, unreadable answers (and future kinds): try again later.
-        _ => transient(format!("{op} failed: {}", DisplayErrorContext(err))),
-    }
+    let failure = crate::aws_error::describe(err);
+    let reason = format!("{op} failed: {}", failure.reason);
+    if failure.transient { transient(reason) } else { permanent(reason) }
 }
 
 /// Whether a `failures[].reason` of a `200` RunTask answer is worth retrying.
