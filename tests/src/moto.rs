@@ -95,6 +95,12 @@ impl Moto {
     /// Starts `<venv>/bin/moto_server` on a free loopback port and waits (at most 30 s) until
     /// `GET /moto-api/` answers. Tries another port when the server exits early (port taken).
     pub async fn start(venv: &Path) -> Result<Moto, String> {
+        Moto::start_with_env(venv, &[]).await
+    }
+
+    /// As [`Moto::start`], with extra environment variables for the server (e.g.
+    /// `INITIAL_NO_AUTH_ACTION_COUNT`, which makes moto enforce IAM after that many requests).
+    pub async fn start_with_env(venv: &Path, env: &[(&str, &str)]) -> Result<Moto, String> {
         let bin = venv.join("bin/moto_server");
         if !bin.is_file() {
             return Err(format!("{} not found (run scripts/setup-test-env.sh)", bin.display()));
@@ -117,6 +123,7 @@ impl Moto {
             let err = out.try_clone().map_err(|e| format!("duplicating a file handle: {e}"))?;
             let mut child = Command::new(&bin)
                 .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .envs(env.iter().copied())
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)

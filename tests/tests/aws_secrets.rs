@@ -219,3 +219,91 @@ async fn names_lists_the_prefix_only_without_reading_values() {
     let sent = w.recorder.sent.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert!(sent.len() >= 2 && sent.iter().all(|s| s.target == "secretsmanager.ListSecrets"), "{sent:?}");
 }
+
+/// One unauthenticated IAM query-API call to moto (only the first requests are let through
+/// unauthenticated, see [`access_denied_is_an_error_naming_the_store_and_the_secrets`]).
+async fn iam(moto: &Moto, params: &[(&str, &str)]) -> String {
+    let form: Vec<String> = [("Version", "2010-05-08")]
+        .iter()
+        .chain(params)
+        .map(|(k, v)| {
+            let enc = |t: &str| {
+                t.bytes()
+                    .map(|b| match b {
+                        b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                        _ => format!("%{b:02X}"),
+                    })
+                    .collect::<String>()
+            };
+            format!("{}={}", enc(k), enc(v))
+        })
+        .collect();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/", moto.url()))
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=x",
+        )
+        .header("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
+        .body(form.join("&"))
+        .send()
+        .await
+        .expect("IAM call");
+    let status = resp.status();
+    let body = resp.text().await.expect("IAM body");
+    assert!(status.is_success(), "IAM {params:?}: HTTP {status}: {body}");
+    body
+}
+
+/// The text of the first `<tag>` element of an XML answer.
+fn xml_value(xml: &str, tag: &str) -> String {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open).map(|i| i + open.len()).unwrap_or_else(|| panic!("no <{tag}> in {xml}"));
+    let end = xml[start..].find(&format!("</{tag}>")).map(|i| start + i).unwrap_or_else(|| panic!("no </{tag}>"));
+    xml[start..end].to_owned()
+}
+
+#[tokio::test]
+async fn access_denied_is_an_error_naming_the_store_and_the_secrets() {
+    let test = "access_denied_is_an_error_naming_the_store_and_the_secrets";
+    let Some(venv) = integration_tests::moto::moto_venv(test) else { return };
+    // moto enforces IAM after the first 4 requests: the 4 set-up calls below.
+    let moto = Moto::start_with_env(&venv, &[("INITIAL_NO_AUTH_ACTION_COUNT", "4")]).await.expect("moto starts");
+    let user = unique_name("reader");
+    let prefix = format!("{}-", unique_name("dh"));
+    iam(&moto, &[("Action", "CreateUser"), ("UserName", &user)]).await;
+    // The user may list secrets but not read them.
+    let policy = r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "secretsmanager:ListSecrets", "Resource": "*"}]}"#;
+    iam(&moto, &[("Action", "PutUserPolicy"), ("UserName", &user), ("PolicyName", "list-only"), ("PolicyDocument", policy)])
+        .await;
+    let keys = iam(&moto, &[("Action", "CreateAccessKey"), ("UserName", &user)]).await;
+    let (key_id, secret_key) = (xml_value(&keys, "AccessKeyId"), xml_value(&keys, "SecretAccessKey"));
+    let admin = Client::new(&moto.sdk_config().await);
+    admin
+        .create_secret()
+        .name(format!("{prefix}DB_PASSWORD"))
+        .secret_string("never-shown-3f9a")
+        .send()
+        .await
+        .expect("CreateSecret (the last unauthenticated call)");
+
+    let conf = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(moto.url())
+        .region(aws_config::Region::new(integration_tests::moto::REGION))
+        .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(key_id, secret_key, None, None, "iam"))
+        .load()
+        .await;
+    let store = AwsSecretsManagerStore::new(Client::new(&conf), prefix.clone());
+    // The policy is enforced action by action: listing names works for this user.
+    assert_eq!(store.names().await.expect("ListSecrets is allowed"), BTreeSet::from(["DB_PASSWORD".to_owned()]));
+
+    let stores: Vec<Box<dyn SecretStore>> = vec![Box::new(store)];
+    let err = resolve(&stores, &names(&["DB_PASSWORD", "OTHER"])).await.expect_err("denied is an error, not absent");
+    let text = err.to_string();
+    eprintln!("the store's error: {text}");
+    assert!(text.contains("aws-sm"), "names the store: {text}");
+    assert!(text.contains("DB_PASSWORD") && text.contains("OTHER"), "names the secrets: {text}");
+    assert!(text.contains("HTTP 403: AccessDenied") && text.contains("not authorized"), "says why: {text}");
+    assert!(text.len() < 600, "a short reason, not the raw response: {text}");
+    assert!(!text.contains("never-shown-3f9a"), "no value in the error: {text}");
+}
