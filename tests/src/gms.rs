@@ -20,6 +20,14 @@
 //! | [`Route::GraphQl`] | `POST /api/graphql` (`getSecretValues`, `listSecrets`) |
 //! | [`Route::OpenApiBatch`] | `POST /openapi/v2/entity/batch/{entityName}` |
 //! | [`Route::OpenApiScroll`] | `GET /openapi/v3/entity/{entityName}` (empty result: no search index) |
+//! | [`Route::OpenApiScrollV2`] | `GET /openapi/v2/entity/{entityName}`: the scroll DataHub's sweeper and the relay use, over the aspect store, with the `query` interpreted by [`crate::gms_query`] (`dataHubExecutionRequest` fields `executorId`, `executionResultStatus`, `ingestionSource`, `task`, `requestTimeMs`), `count`, `sort` and `scrollId` paging (search-after semantics: a page starts after the last entity of the previous one) |
+//!
+//! `/config` carries `remoteExecutorBackend.revision` once [`GmsEmulator::set_remote_executor_backend`]
+//! set one; proposals for entity `dataHubRemoteExecutor` are refused with 422 (unknown entity, as an
+//! open-source GMS answers) unless the revision is 2 or more, or [`GmsEmulator::accept_remote_executor`]
+//! overrides it. GraphQL `listExecutorConfigs` answers what [`GmsEmulator::set_executor_configs`] set.
+//! Every stored aspect keeps its `systemMetadata` (from the proposal, `lastObserved` defaulting to the
+//! time it arrived), returned by the OpenAPI reads that ask for it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
@@ -53,7 +61,7 @@ const MCP_FIELDS: &[&str] = &[
 ];
 const CHANGE_TYPES: &[&str] = &["UPSERT", "CREATE", "CREATE_ENTITY", "UPDATE", "DELETE", "PATCH", "RESTATE"];
 /// Entities whose key is `{"id": "..."}`, so that `urn:li:<entity>:<id>` is their urn.
-const ID_KEYED_ENTITIES: &[&str] = &["dataHubExecutionRequest", "dataHubIngestionSource"];
+const ID_KEYED_ENTITIES: &[&str] = &["dataHubExecutionRequest", "dataHubIngestionSource", "dataHubRemoteExecutor"];
 
 /// Which endpoint a request went to. Used by [`GmsEmulator::fail_next`] and
 /// [`GmsEmulator::count`]; [`Route::Any`] matches every request.
@@ -75,6 +83,8 @@ pub enum Route {
     OpenApiBatch,
     /// `GET /openapi/v3/entity/{entityName}` (a search; always empty, there is no search index)
     OpenApiScroll,
+    /// `GET /openapi/v2/entity/{entityName}` (the scroll over the aspect store)
+    OpenApiScrollV2,
     /// Anything else (answered with 404)
     Unknown,
     /// Every request
@@ -143,6 +153,10 @@ struct Data {
     faults: Vec<Fault>,
     latency: Duration,
     max_body: Option<usize>,
+    system_metadata: HashMap<(String, String), Value>,
+    remote_executor_revision: Option<i64>,
+    accept_remote_executor: Option<bool>,
+    executor_configs: Vec<Value>,
 }
 
 #[derive(Debug)]
@@ -311,6 +325,35 @@ impl GmsEmulator {
         self.inner.data().aspects.insert((urn.to_owned(), aspect_name.to_owned()), value);
     }
 
+    /// Seeds an aspect with `systemMetadata.lastObserved` (epoch ms), as if it was last written then.
+    pub fn put_aspect_observed(&self, urn: &str, aspect_name: &str, value: Value, last_observed_ms: i64) {
+        let mut data = self.inner.data();
+        let key = (urn.to_owned(), aspect_name.to_owned());
+        data.aspects.insert(key.clone(), value);
+        data.system_metadata.insert(key, json!({"lastObserved": last_observed_ms, "runId": "no-run-id-provided"}));
+    }
+
+    /// The stored `systemMetadata` of an aspect, if any.
+    pub fn system_metadata(&self, urn: &str, aspect_name: &str) -> Option<Value> {
+        self.inner.data().system_metadata.get(&(urn.to_owned(), aspect_name.to_owned())).cloned()
+    }
+
+    /// `/config`'s `remoteExecutorBackend.revision` (`None`: absent, as on an open-source GMS).
+    pub fn set_remote_executor_backend(&self, revision: Option<i64>) {
+        self.inner.data().remote_executor_revision = revision;
+    }
+
+    /// Whether `dataHubRemoteExecutor` proposals are accepted, whatever `/config` says (`None`:
+    /// accepted exactly when the revision is 2 or more).
+    pub fn accept_remote_executor(&self, accept: Option<bool>) {
+        self.inner.data().accept_remote_executor = accept;
+    }
+
+    /// What GraphQL `listExecutorConfigs` returns in `executorConfigs`.
+    pub fn set_executor_configs(&self, configs: Vec<Value>) {
+        self.inner.data().executor_configs = configs;
+    }
+
     /// Defines a secret that GraphQL `getSecretValues` returns.
     pub fn set_secret(&self, name: &str, value: &str) {
         self.inner.data().secrets.insert(name.to_owned(), value.to_owned());
@@ -371,6 +414,11 @@ fn classify(method: &Method, path: &str, query: Option<&str>) -> Route {
             if p.strip_prefix("/openapi/v3/entity/").is_some_and(|e| !e.is_empty() && !e.contains('/')) =>
         {
             Route::OpenApiScroll
+        }
+        (&Method::GET, p)
+            if p.strip_prefix("/openapi/v2/entity/").is_some_and(|e| !e.is_empty() && !e.contains('/')) =>
+        {
+            Route::OpenApiScrollV2
         }
         _ => Route::Unknown,
     }
@@ -436,7 +484,7 @@ async fn handle(State(inner): State<Arc<Inner>>, request: Request) -> Response {
     } else if let Some(status) = take_fault(&inner, route) {
         restli_error(status, &format!("failure injected by the GMS emulator ({status})"))
     } else {
-        route_request(&inner, route, parts.uri.path(), &body_text)
+        route_request(&inner, route, &parts.uri, &body_text)
     };
 
     let mut data = inner.data();
@@ -455,9 +503,20 @@ fn take_fault(inner: &Inner, route: Route) -> Option<u16> {
     Some(status)
 }
 
-fn route_request(inner: &Inner, route: Route, path: &str, body: &Arc<str>) -> Response {
+fn route_request(inner: &Inner, route: Route, uri: &axum::http::Uri, body: &Arc<str>) -> Response {
+    let path = uri.path();
     match route {
-        Route::Config => json_response(StatusCode::OK, server_config()),
+        Route::Config => {
+            let mut config = server_config();
+            if let Some(revision) = inner.data().remote_executor_revision {
+                config["remoteExecutorBackend"] = json!({"revision": revision});
+            }
+            json_response(StatusCode::OK, config)
+        }
+        Route::OpenApiScrollV2 => {
+            let entity = path.trim_start_matches("/openapi/v2/entity/");
+            openapi_scroll(inner, entity, uri)
+        }
         Route::IngestProposal => ingest_proposals(inner, body, false),
         Route::IngestProposalBatch => ingest_proposals(inner, body, true),
         Route::IngestMce => ingest_mce(inner, body),
@@ -567,6 +626,11 @@ fn urn_from_key(entity_type: &str, key: &Value) -> Result<String, String> {
 
 fn store(inner: &Inner, data: &mut Data, checked: Checked, body: &Arc<str>) {
     let Checked { proposal, urn, entity_type, change_type, aspect_name, aspect, key } = checked;
+    let mut system_metadata =
+        proposal.get("systemMetadata").cloned().filter(Value::is_object).unwrap_or_else(|| json!({}));
+    if system_metadata.get("lastObserved").and_then(Value::as_i64).is_none() {
+        system_metadata["lastObserved"] = json!(now_ms());
+    }
     data.proposals.push(proposal);
     if entity_type == "dataset" {
         data.datasets.insert(urn.clone());
@@ -595,9 +659,14 @@ fn store(inner: &Inner, data: &mut Data, checked: Checked, body: &Arc<str>) {
                 });
                 inner.results_changed.send_modify(|n| *n += 1);
             }
+            data.system_metadata.insert((urn.clone(), aspect_name.clone()), system_metadata);
             data.aspects.insert((urn, aspect_name), value);
         }
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default()
 }
 
 fn ingest_proposals(inner: &Inner, body: &Arc<str>, batch: bool) -> Response {
@@ -630,6 +699,11 @@ fn ingest_proposals(inner: &Inner, body: &Arc<str>, batch: bool) -> Response {
     }
     let urns: Vec<String> = checked.iter().map(|c| c.urn.clone()).collect();
     let mut data = inner.data();
+    let remote_executor_ok =
+        data.accept_remote_executor.unwrap_or(data.remote_executor_revision.is_some_and(|r| r >= 2));
+    if !remote_executor_ok && checked.iter().any(|c| c.entity_type == "dataHubRemoteExecutor") {
+        return restli_error(422, "Unknown entity type dataHubRemoteExecutor: this GMS has no remote executor backend");
+    }
     for c in checked {
         store(inner, &mut data, c, body);
     }
@@ -719,8 +793,17 @@ fn graphql(inner: &Inner, body: &str) -> Response {
             json!({"data": {"listSecrets": {"start": start, "count": page.len(), "total": data.secrets.len(), "secrets": page}}}),
         );
     }
+    if query.contains("listExecutorConfigs") {
+        let configs = inner.data().executor_configs.clone();
+        return json_response(
+            StatusCode::OK,
+            json!({"data": {"listExecutorConfigs": {"total": configs.len(), "executorConfigs": configs}}}),
+        );
+    }
     if !query.contains("getSecretValues") {
-        return graphql_error("the GMS emulator only supports the getSecretValues and listSecrets queries");
+        return graphql_error(
+            "the GMS emulator only supports the getSecretValues, listSecrets and listExecutorConfigs queries",
+        );
     }
     let Some(names) = doc.pointer("/variables/input/secrets").and_then(Value::as_array) else {
         return graphql_error("Variable 'input' has an invalid value: secrets is required");
@@ -744,6 +827,7 @@ fn openapi_batch(inner: &Inner, entity: &str, body: &str) -> Response {
     };
     let names: Option<Vec<&str>> =
         doc.get("aspectNames").and_then(Value::as_array).map(|a| a.iter().filter_map(Value::as_str).collect());
+    let with_system_metadata = doc.get("withSystemMetadata").and_then(Value::as_bool).unwrap_or(false);
     let prefix = format!("urn:li:{entity}:");
     let data = inner.data();
     let mut entities = Vec::new();
@@ -760,7 +844,11 @@ fn openapi_batch(inner: &Inner, entity: &str, body: &str) -> Response {
         stored.sort_by(|a, b| a.0.cmp(b.0));
         for (name, value) in &stored {
             if names.as_ref().is_none_or(|n| n.contains(&name.as_str())) {
-                aspects.insert((*name).clone(), json!({ "value": value }));
+                let mut a = json!({ "value": value });
+                if with_system_metadata && let Some(m) = data.system_metadata.get(&(urn.to_owned(), (*name).clone())) {
+                    a["systemMetadata"] = m.clone();
+                }
+                aspects.insert((*name).clone(), a);
             }
         }
         // GMS has the key aspect of every entity that exists.
@@ -778,4 +866,120 @@ fn openapi_batch(inner: &Inner, entity: &str, body: &str) -> Response {
         }
     }
     json_response(StatusCode::OK, json!({ "entities": entities }))
+}
+
+/// The keyword fields the search index holds for an entity (what the scroll's query can name).
+fn index_fields(data: &Data, entity: &str, urn: &str) -> BTreeMap<String, String> {
+    let mut doc = BTreeMap::new();
+    let aspect = |name: &str| data.aspects.get(&(urn.to_owned(), name.to_owned()));
+    if entity == "dataHubExecutionRequest" {
+        if let Some(input) = aspect("dataHubExecutionRequestInput") {
+            for (field, pointer) in [
+                ("executorId", "/executorId"),
+                ("task", "/task"),
+                ("ingestionSource", "/source/ingestionSource"),
+                ("requestTimeMs", "/requestedAt"),
+            ] {
+                if let Some(v) = input.pointer(pointer) {
+                    doc.insert(field.to_owned(), v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+                }
+            }
+        }
+        if let Some(status) = aspect(RESULT_ASPECT).and_then(|r| r.get("status")).and_then(Value::as_str) {
+            doc.insert("executionResultStatus".to_owned(), status.to_owned());
+        }
+    }
+    doc.insert("urn".to_owned(), urn.to_owned());
+    doc
+}
+
+/// `GET /openapi/v2/entity/{entity}`: a scroll over the aspect store (see the module docs).
+fn openapi_scroll(inner: &Inner, entity: &str, uri: &axum::http::Uri) -> Response {
+    let params = match axum::extract::Query::<Vec<(String, String)>>::try_from_uri(uri) {
+        Ok(axum::extract::Query(p)) => p,
+        Err(e) => return restli_error(400, &format!("bad query string: {e}")),
+    };
+    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let aspect_names: Vec<&str> = params
+        .iter()
+        .filter(|(k, _)| k == "aspectNames" || k == "aspects")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    let count = match param("count").map(str::parse::<usize>) {
+        None => 10,
+        Some(Ok(n)) if n > 0 => n,
+        _ => return restli_error(400, "count must be a positive number"),
+    };
+    let expr = match crate::gms_query::parse(param("query").unwrap_or("*")) {
+        Ok(e) => e,
+        Err(e) => return restli_error(400, &format!("query: {e}")),
+    };
+    let sort = param("sort").unwrap_or("urn");
+    let descending = param("sortOrder") == Some("DESCENDING");
+    let with_system_metadata = param("systemMetadata") == Some("true");
+    let after: Option<(String, String)> = match param("scrollId") {
+        None | Some("") => None,
+        Some(id) => match base64::Engine::decode(&base64::engine::general_purpose::STANDARD, id)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<(String, String)>(&b).ok())
+        {
+            Some(cursor) => Some(cursor),
+            None => return restli_error(400, "scrollId is not one this GMS handed out"),
+        },
+    };
+    let prefix = format!("urn:li:{entity}:");
+    let data = inner.data();
+    let urns: BTreeSet<&String> = data.aspects.keys().map(|(u, _)| u).filter(|u| u.starts_with(&prefix)).collect();
+    // Sort key: (the sort field, zero-padded when numeric so strings order as numbers; urn).
+    let key_of = |doc: &BTreeMap<String, String>| -> String {
+        let v = doc.get(sort).cloned().unwrap_or_default();
+        match v.parse::<i64>() {
+            Ok(n) if n >= 0 => format!("{n:020}"),
+            _ => v,
+        }
+    };
+    let mut hits: Vec<(String, String)> = urns
+        .into_iter()
+        .filter_map(|u| {
+            let doc = index_fields(&data, entity, u);
+            crate::gms_query::matches(&expr, &doc).then(|| (key_of(&doc), u.clone()))
+        })
+        .collect();
+    hits.sort();
+    if descending {
+        hits.reverse();
+    }
+    let start = match &after {
+        None => 0,
+        Some(cursor) => {
+            hits.iter().position(|h| if descending { h < cursor } else { h > cursor }).unwrap_or(hits.len())
+        }
+    };
+    let page: Vec<&(String, String)> = hits.iter().skip(start).take(count).collect();
+    let more = start + page.len() < hits.len();
+    let mut results = Vec::new();
+    for (_, urn) in &page {
+        let mut aspects = Map::new();
+        for ((u, name), value) in data.aspects.iter() {
+            if u != urn || !(aspect_names.is_empty() || aspect_names.contains(&name.as_str())) {
+                continue;
+            }
+            let mut a = json!({ "value": value });
+            if with_system_metadata && let Some(m) = data.system_metadata.get(&(u.clone(), name.clone())) {
+                a["systemMetadata"] = m.clone();
+            }
+            aspects.insert(name.clone(), a);
+        }
+        results.push(json!({"urn": urn, "aspects": aspects}));
+    }
+    let scroll_id = match (more, page.last()) {
+        (true, Some(last)) => {
+            let cursor = serde_json::to_vec(last).unwrap_or_default();
+            Value::String(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, cursor))
+        }
+        _ => Value::Null,
+    };
+    json_response(StatusCode::OK, json!({"scrollId": scroll_id, "results": results}))
 }

@@ -10,10 +10,12 @@
 
 pub mod gcp_sm;
 pub mod gms;
+pub mod gms_query;
 pub mod jobrun;
 pub mod lambda_api;
 pub mod moto;
 pub mod postgres;
+pub mod relay_support;
 
 pub use gms::{GmsEmulator, RecordedRequest, Route};
 pub use postgres::Postgres;
