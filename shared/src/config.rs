@@ -169,6 +169,11 @@ pub fn parse_seconds(v: &str) -> Option<Duration> {
     v.trim().parse::<f64>().ok().filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9).map(Duration::from_secs_f64)
 }
 
+/// `DATAHUB_EXECUTOR_LOG_FORMAT`: `json` for JSON log lines (containers); anything else is text.
+pub fn json_logs(lookup: impl Fn(&str) -> Option<String>) -> bool {
+    lookup("DATAHUB_EXECUTOR_LOG_FORMAT").is_some_and(|v| v.trim().eq_ignore_ascii_case("json"))
+}
+
 /// The variable naming a Secrets Manager secret (ARN or name) that holds the GMS token: how the
 /// Lambda functions get it, so the token never shows in the function's configuration (a
 /// `{{resolve:secretsmanager:..}}` reference in `Environment` would). ECS and Cloud Run inject it

@@ -76,7 +76,7 @@ pub struct RunArgs {
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = std::env::var("DATAHUB_EXECUTOR_LOG_FORMAT").map(|v| v.eq_ignore_ascii_case("json")).unwrap_or(false);
+    let json = shared::config::json_logs(|k| std::env::var(k).ok());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
     if json {
         builder.json().with_ansi(false).init();

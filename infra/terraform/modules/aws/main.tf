@@ -45,9 +45,9 @@ locals {
     DATAHUB_EXECUTOR_AWS_SM_ENABLED        = tostring(var.secrets_manager_enabled)
     DATAHUB_EXECUTOR_AWS_SM_REGION         = local.region
     DATAHUB_EXECUTOR_AWS_SM_PREFIX         = var.secrets_manager_prefix
-    }, contains(["FARGATE_SPOT"], var.capacity_provider) ? {
-    DATAHUB_EXECUTOR_ECS_CAPACITY_PROVIDER = "FARGATE_SPOT"
-  } : {})
+    # FARGATE or FARGATE_SPOT, both associated with the cluster.
+    DATAHUB_EXECUTOR_ECS_CAPACITY_PROVIDER = var.capacity_provider
+  })
   relay_env = merge(local.launcher_env, {
     DATAHUB_GMS_URL                            = var.datahub_base_url
     DATAHUB_GMS_TOKEN_SECRET_ARN               = local.token_secret_arn
