@@ -70,11 +70,18 @@ where
 pub struct SqsQueue {
     client: aws_sdk_sqs::Client,
     url: String,
+    visibility_timeout_s: i32,
 }
 
 impl SqsQueue {
     pub fn new(client: aws_sdk_sqs::Client, url: impl Into<String>) -> Self {
-        SqsQueue { client, url: url.into() }
+        SqsQueue { client, url: url.into(), visibility_timeout_s: SOURCE_VISIBILITY_TIMEOUT_S }
+    }
+
+    /// How long received messages stay invisible (default [`SOURCE_VISIBILITY_TIMEOUT_S`]).
+    pub fn with_visibility_timeout(mut self, seconds: i32) -> Self {
+        self.visibility_timeout_s = seconds;
+        self
     }
 
     pub fn url(&self) -> &str {
@@ -122,7 +129,7 @@ impl SourceQueue for SqsQueue {
                 .queue_url(&self.url)
                 .max_number_of_messages(max.clamp(1, 10))
                 .wait_time_seconds(RECEIVE_WAIT_S)
-                .visibility_timeout(SOURCE_VISIBILITY_TIMEOUT_S)
+                .visibility_timeout(self.visibility_timeout_s)
                 .send()
                 .await
                 .map_err(|e| aws_error("SQS", "ReceiveMessage", &self.url, &e))?;
@@ -186,11 +193,18 @@ impl SourceQueue for SqsQueue {
 #[derive(Debug, Clone)]
 pub struct SqsSources {
     base: SdkConfig,
+    visibility_timeout_s: i32,
 }
 
 impl SqsSources {
     pub fn new(base: SdkConfig) -> Self {
-        SqsSources { base }
+        SqsSources { base, visibility_timeout_s: SOURCE_VISIBILITY_TIMEOUT_S }
+    }
+
+    /// How long received messages stay invisible (default [`SOURCE_VISIBILITY_TIMEOUT_S`]).
+    pub fn with_visibility_timeout(mut self, seconds: i32) -> Self {
+        self.visibility_timeout_s = seconds;
+        self
     }
 }
 
@@ -213,7 +227,10 @@ impl SourceQueues for SqsSources {
             .region(aws_sdk_sqs::config::Region::new(config.region.clone()))
             .credentials_provider(credentials)
             .build();
-        Box::new(SqsQueue::new(aws_sdk_sqs::Client::from_conf(conf), config.queue_url.clone()))
+        Box::new(
+            SqsQueue::new(aws_sdk_sqs::Client::from_conf(conf), config.queue_url.clone())
+                .with_visibility_timeout(self.visibility_timeout_s),
+        )
     }
 }
 

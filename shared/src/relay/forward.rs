@@ -64,6 +64,8 @@ pub(super) async fn forward(relay: &Relay<'_>, summary: &mut Summary) -> Vec<Rel
     };
     let source: Box<dyn SourceQueue> = sources.open(config);
     let mut received = 0usize;
+    // A message that came back within this run (not deleted, visibility over) is not handled twice.
+    let mut seen = std::collections::BTreeSet::new();
     while received < cfg.limits.max_forward {
         let messages = match source.receive(RECEIVE_BATCH).await {
             Ok(m) => m,
@@ -72,6 +74,7 @@ pub(super) async fn forward(relay: &Relay<'_>, summary: &mut Summary) -> Vec<Rel
                 break;
             }
         };
+        let messages: Vec<_> = messages.into_iter().filter(|m| seen.insert(m.message_id.clone())).collect();
         if messages.is_empty() {
             break;
         }
@@ -94,7 +97,7 @@ pub(super) async fn forward(relay: &Relay<'_>, summary: &mut Summary) -> Vec<Rel
                 }
             }
         }
-        let mut send_failed = false;
+        let mut stop = false;
         if !to_send.is_empty() {
             let batch: Vec<OutgoingMessage> = to_send.iter().map(|(o, _, _)| o.clone()).collect();
             match outbox.send_batch(&batch).await {
@@ -106,7 +109,7 @@ pub(super) async fn forward(relay: &Relay<'_>, summary: &mut Summary) -> Vec<Rel
                             tracing::info!(exec_id = %exec_id, message_id = %m.message_id, "forwarded from DataHub's queue");
                             to_delete.push((m.message_id.clone(), m.receipt_handle.clone()));
                         } else {
-                            send_failed = true;
+                            stop = true;
                             let reason = outcome.failed.iter().find(|(f, _)| *f == o.id).map(|(_, r)| r.clone());
                             errors.push(RelayError::Aws {
                                 part: "forward",
@@ -122,7 +125,7 @@ pub(super) async fn forward(relay: &Relay<'_>, summary: &mut Summary) -> Vec<Rel
                     }
                 }
                 Err(source) => {
-                    send_failed = true;
+                    stop = true;
                     errors.push(RelayError::Aws { part: "forward", source });
                 }
             }
@@ -130,17 +133,20 @@ pub(super) async fn forward(relay: &Relay<'_>, summary: &mut Summary) -> Vec<Rel
         if !to_delete.is_empty() {
             match source.delete_batch(&to_delete).await {
                 Ok(outcome) => {
+                    stop |= !outcome.failed.is_empty();
                     for (id, reason) in &outcome.failed {
                         tracing::warn!(message_id = %id, reason, "could not delete from DataHub's queue; it comes back and is forwarded again (the admission drops the duplicate)");
                     }
                 }
                 Err(e) => {
+                    stop = true;
                     tracing::warn!(error = %e, "could not delete from DataHub's queue; the messages come back and are forwarded again (the admission drops the duplicates)")
                 }
             }
         }
-        if send_failed {
-            // Our queue is not taking messages: stop receiving; the rest waits in DataHub's queue.
+        if stop {
+            // Our queue is not taking messages, or DataHub's does not delete: stop receiving; the
+            // rest waits in DataHub's queue for the next run.
             break;
         }
     }
