@@ -258,6 +258,9 @@ impl EnvelopedAspect {
     }
 }
 
+/// An entity's urn and its aspects with their `systemMetadata`.
+pub type EnvelopedEntity = (String, BTreeMap<String, EnvelopedAspect>);
+
 /// What [`GmsClient::scroll`] asks for.
 #[derive(Debug, Clone)]
 pub struct ScrollRequest<'a> {
@@ -271,7 +274,7 @@ pub struct ScrollRequest<'a> {
 /// One page of a scroll: each entity's urn and aspects, and where the next page starts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScrollPage {
-    pub entities: Vec<(String, BTreeMap<String, EnvelopedAspect>)>,
+    pub entities: Vec<EnvelopedEntity>,
     pub scroll_id: Option<String>,
 }
 
@@ -282,7 +285,7 @@ fn enveloped_entities(
     v: &Value,
     lists: &[&str],
     aspects: &[&str],
-) -> Result<Vec<(String, BTreeMap<String, EnvelopedAspect>)>, GmsError> {
+) -> Result<Vec<EnvelopedEntity>, GmsError> {
     let items = lists
         .iter()
         .find_map(|l| v.get(*l).and_then(Value::as_array))
