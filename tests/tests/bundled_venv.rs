@@ -12,7 +12,8 @@ const LIMIT: Duration = Duration::from_secs(900);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_bundled_venv_script_builds_a_venv_that_ingest_job_runs_with_version_bundled() {
     let Some(venv) = test_venv("bundled_venv_script") else { return };
-    let (Ok(uv), Ok(version)) = (std::env::var("DATAHUB_EXECUTOR_UV"), std::env::var("DATAHUB_TEST_CLI_VERSION")) else {
+    let (Ok(uv), Ok(version)) = (std::env::var("DATAHUB_EXECUTOR_UV"), std::env::var("DATAHUB_TEST_CLI_VERSION"))
+    else {
         assert!(std::env::var_os("DATAHUB_TEST_REQUIRE_VENV").is_none(), "uv and the CLI version are set in CI");
         eprintln!("SKIPPED bundled_venv_script: DATAHUB_EXECUTOR_UV / DATAHUB_TEST_CLI_VERSION unset");
         return;
