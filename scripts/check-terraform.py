@@ -76,7 +76,8 @@ for tf, doc in parsed.items():
                 fail(f"{tf}: module {name} passes {k!r}, which {source} does not declare")
             for k in sorted(required - passed):
                 fail(f"{tf}: module {name} does not pass the required variable {k!r} of {source}")
-            print(f"check-terraform: {tf}: module {name}: {len(passed)} variables, all declared by {source}")
+            if passed <= names and required <= passed:
+                print(f"check-terraform: {tf}: module {name}: {len(passed)} variables, all declared by {source}")
 
 fmt = TerraformCommand(str(root)).fmt(check=True, list=True, write=False, recursive=True)
 unformatted = [line for line in (fmt.value or "").splitlines() if line.strip()]
