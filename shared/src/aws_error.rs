@@ -7,8 +7,8 @@
 //! proxy sends to a JSON service. The reason here keeps what an operator acts on: the operation,
 //! the HTTP status, the error code and message (from the body when the SDK could not read it).
 
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_secretsmanager::config::http::HttpResponse;
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
 /// At most this many characters of an unparsed error body go into a reason.
 const BODY_SNIPPET: usize = 300;
@@ -118,7 +118,9 @@ mod tests {
 
     #[test]
     fn throttling_codes_are_transient() {
-        assert!(is_transient_code("ThrottlingException") && is_transient_code("ProvisionedThroughputExceededException"));
+        assert!(
+            is_transient_code("ThrottlingException") && is_transient_code("ProvisionedThroughputExceededException")
+        );
         assert!(!is_transient_code("AccessDeniedException") && !is_transient_code("ResourceNotFoundException"));
     }
 }

@@ -472,10 +472,9 @@ mod aws {
                 if !self.prefix.is_empty() {
                     req = req.filters(Filter::builder().key(FilterNameStringType::Name).values(&self.prefix).build());
                 }
-                let page = req
-                    .send()
-                    .await
-                    .map_err(|e| fail(listing(), format!("ListSecrets failed: {}", crate::aws_error::describe(&e).reason)))?;
+                let page = req.send().await.map_err(|e| {
+                    fail(listing(), format!("ListSecrets failed: {}", crate::aws_error::describe(&e).reason))
+                })?;
                 names.extend(
                     page.secret_list()
                         .iter()
@@ -521,7 +520,10 @@ mod aws {
                     .send()
                     .await
                     .map_err(|e| {
-                        fail(chunk.to_vec(), format!("BatchGetSecretValue failed: {}", crate::aws_error::describe(&e).reason))
+                        fail(
+                            chunk.to_vec(),
+                            format!("BatchGetSecretValue failed: {}", crate::aws_error::describe(&e).reason),
+                        )
                     })?;
                 for entry in page.secret_values() {
                     let Some(name) = entry.name().and_then(|n| n.strip_prefix(self.prefix.as_str())) else {

@@ -274,8 +274,11 @@ async fn access_denied_is_an_error_naming_the_store_and_the_secrets() {
     iam(&moto, &[("Action", "CreateUser"), ("UserName", &user)]).await;
     // The user may list secrets but not read them.
     let policy = r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "secretsmanager:ListSecrets", "Resource": "*"}]}"#;
-    iam(&moto, &[("Action", "PutUserPolicy"), ("UserName", &user), ("PolicyName", "list-only"), ("PolicyDocument", policy)])
-        .await;
+    iam(
+        &moto,
+        &[("Action", "PutUserPolicy"), ("UserName", &user), ("PolicyName", "list-only"), ("PolicyDocument", policy)],
+    )
+    .await;
     let keys = iam(&moto, &[("Action", "CreateAccessKey"), ("UserName", &user)]).await;
     let (key_id, secret_key) = (xml_value(&keys, "AccessKeyId"), xml_value(&keys, "SecretAccessKey"));
     let admin = Client::new(&moto.sdk_config().await);
