@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use aws_config::SdkConfig;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::config::http::HttpResponse;
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_sqs::error::{ProvideErrorMetadata, SdkError};
 use secrecy::ExposeSecret;
 
 use super::ports::{
@@ -29,15 +29,6 @@ pub const SOURCE_VISIBILITY_TIMEOUT_S: i32 = 120;
 /// Long-poll wait of a receive.
 const RECEIVE_WAIT_S: i32 = 1;
 
-const THROTTLING: [&str; 6] = [
-    "ThrottlingException",
-    "Throttling",
-    "RequestLimitExceeded",
-    "ProvisionedThroughputExceededException",
-    "ServiceUnavailable",
-    "InternalServerError",
-];
-
 fn aws_error<E>(
     service: &'static str,
     operation: &'static str,
@@ -47,22 +38,8 @@ fn aws_error<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let (reason, transient) = match err {
-        SdkError::ServiceError(ctx) => {
-            let status = ctx.raw().status().as_u16();
-            let e = ctx.err();
-            let what = match (e.code(), e.message()) {
-                (Some(code), Some(message)) => format!("{code}: {message}"),
-                (Some(code), None) => code.to_owned(),
-                _ => DisplayErrorContext(e).to_string(),
-            };
-            let transient = status >= 500 || status == 429 || e.code().is_some_and(|c| THROTTLING.contains(&c));
-            (format!("HTTP {status}: {what}"), transient)
-        }
-        SdkError::ConstructionFailure(_) => (DisplayErrorContext(err).to_string(), false),
-        _ => (DisplayErrorContext(err).to_string(), true),
-    };
-    AwsError { service, operation, resource: resource.to_owned(), reason, transient }
+    let failure = crate::aws_error::describe(err);
+    AwsError { service, operation, resource: resource.to_owned(), reason: failure.reason, transient: failure.transient }
 }
 
 /// An SQS queue: our pool's (an [`Outbox`]) or DataHub Cloud's (a [`SourceQueue`]).
