@@ -10,9 +10,6 @@
 use aws_sdk_secretsmanager::config::http::HttpResponse;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 
-/// At most this many characters of an unparsed error body go into a reason.
-const BODY_SNIPPET: usize = 300;
-
 /// Error codes worth retrying even when they come with a 4xx status.
 const TRANSIENT_CODES: [&str; 19] = [
     "ThrottlingException",
@@ -61,15 +58,16 @@ where
         SdkError::ServiceError(ctx) => {
             let status = ctx.raw().status().as_u16();
             let e = ctx.err();
-            let (code, message) = match e.code() {
-                Some(code) => (Some(code.to_owned()), e.message().map(str::to_owned)),
-                None => from_body(ctx.raw().body().bytes().unwrap_or_default()),
-            };
-            let what = match (&code, &message) {
-                (Some(code), Some(message)) => format!("{code}: {message}"),
-                (Some(code), None) => code.clone(),
-                (None, Some(body)) => body.clone(),
-                (None, None) => DisplayErrorContext(e).to_string(),
+            let (code, what) = match (e.code(), from_body(ctx.raw().body().bytes().unwrap_or_default())) {
+                (Some(code), _) => {
+                    (Some(code.to_owned()), e.message().map_or_else(|| code.to_owned(), |m| format!("{code}: {m}")))
+                }
+                // The SDK could not read an XML error body: its code and message.
+                (None, Some((code, message))) => {
+                    let what = message.map_or_else(|| code.clone(), |m| format!("{code}: {m}"));
+                    (Some(code), what)
+                }
+                (None, None) => (None, DisplayErrorContext(e).to_string()),
             };
             let transient = status >= 500 || status == 429 || code.as_deref().is_some_and(is_transient_code);
             SdkFailure { reason: format!("HTTP {status}: {what}"), code, transient }
@@ -82,9 +80,9 @@ where
     }
 }
 
-/// The code and message of an error body the SDK could not parse: `<Code>`/`<Message>` of an XML
-/// error, else the start of the body as text.
-fn from_body(body: &[u8]) -> (Option<String>, Option<String>) {
+/// The `<Code>` and `<Message>` of an XML error body (what an IAM-enforcing endpoint or a proxy
+/// sends even to a JSON service), if it is one.
+fn from_body(body: &[u8]) -> Option<(String, Option<String>)> {
     let text = String::from_utf8_lossy(body);
     let element = |tag: &str| {
         let open = format!("<{tag}>");
@@ -92,14 +90,7 @@ fn from_body(body: &[u8]) -> (Option<String>, Option<String>) {
         let end = start + text[start..].find(&format!("</{tag}>"))?;
         Some(text[start..end].trim().to_owned())
     };
-    match element("Code") {
-        Some(code) => (Some(code), element("Message")),
-        None => {
-            let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
-            let snippet: String = flat.chars().take(BODY_SNIPPET).collect();
-            (None, Some(snippet).filter(|s| !s.is_empty()))
-        }
-    }
+    element("Code").filter(|c| !c.is_empty()).map(|code| (code, element("Message")))
 }
 
 #[cfg(test)]
@@ -109,11 +100,11 @@ mod tests {
     #[test]
     fn an_xml_error_body_gives_its_code_and_message() {
         let body = br#"<?xml version="1.0"?><ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>User: u is not authorized</Message></Error></Errors></ErrorResponse>"#;
-        assert_eq!(from_body(body), (Some("AccessDenied".into()), Some("User: u is not authorized".into())));
-        assert_eq!(from_body(b"  <html>\n  Bad   gateway </html> "), (None, Some("<html> Bad gateway </html>".into())));
-        assert_eq!(from_body(b""), (None, None));
-        let long = "x".repeat(1000);
-        assert_eq!(from_body(long.as_bytes()).1.map(|s| s.len()), Some(BODY_SNIPPET));
+        assert_eq!(from_body(body), Some(("AccessDenied".into(), Some("User: u is not authorized".into()))));
+        assert_eq!(from_body(b"<Error><Code>Throttling</Code></Error>"), Some(("Throttling".into(), None)));
+        assert_eq!(from_body(b"<html>Bad gateway</html>"), None);
+        assert_eq!(from_body(b"Mock HTTP client dummy response"), None);
+        assert_eq!(from_body(b""), None);
     }
 
     #[test]
