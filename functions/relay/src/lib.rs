@@ -28,6 +28,7 @@ pub struct App {
 pub async fn build_from_env() -> anyhow::Result<App> {
     let started = Instant::now();
     let mut config = RelayConfig::from_env()?;
+    config.gms.token = config.token_source.resolve_from_env().await?;
     let gms = GmsClient::new(&config.gms)?;
     let aws = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
     let launcher = match &config.sweeper {

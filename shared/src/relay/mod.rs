@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{GmsConfig, parse_seconds, validate_gms_url};
+use crate::config::{GmsConfig, GmsTokenSource, parse_seconds, validate_gms_url};
 use crate::error::{ConfigError, RelayError};
 use crate::launcher::Launcher;
 
@@ -108,6 +108,9 @@ pub struct SweeperConfig {
 pub struct RelayConfig {
     /// `DATAHUB_GMS_URL`, `DATAHUB_GMS_TOKEN`.
     pub gms: GmsConfig,
+    /// `DATAHUB_GMS_TOKEN` or `DATAHUB_GMS_TOKEN_SECRET_ARN` (the deployment's way: the token stays
+    /// in Secrets Manager and is read once per cold start).
+    pub token_source: GmsTokenSource,
     /// `DATAHUB_EXECUTOR_POOL_ID` (or `DATAHUB_EXECUTOR_WORKER_ID`).
     pub pool: String,
     /// `DATAHUB_EXECUTOR_RELAY_MODE` (default `self-hosted`).
@@ -140,9 +143,14 @@ impl RelayConfig {
         let get = |k: &str| lookup(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let url = get("DATAHUB_GMS_URL")
             .ok_or_else(|| ConfigError::new("DATAHUB_GMS_URL", "is required: the relay reads and writes GMS"))?;
+        let token_source = GmsTokenSource::from_lookup(&get)?;
         let gms = GmsConfig {
             url: validate_gms_url("DATAHUB_GMS_URL", &url)?,
-            token: get("DATAHUB_GMS_TOKEN").map(Into::into),
+            // A token in Secrets Manager is read by the wiring at start-up (`token_source`).
+            token: match &token_source {
+                GmsTokenSource::Inline(t) => Some(t.clone()),
+                GmsTokenSource::None | GmsTokenSource::SecretsManager { .. } => None,
+            },
         };
         let pool = get("DATAHUB_EXECUTOR_POOL_ID").or_else(|| get("DATAHUB_EXECUTOR_WORKER_ID")).ok_or_else(|| {
             ConfigError::new("DATAHUB_EXECUTOR_POOL_ID", "is required: the executor pool this deployment serves")
@@ -189,6 +197,7 @@ impl RelayConfig {
         };
         Ok(RelayConfig {
             gms,
+            token_source,
             pool,
             mode,
             queue_url,
@@ -434,6 +443,19 @@ mod tests {
         let c = cfg(&[("DATAHUB_EXECUTOR_RELAY_MODE", "datahub-cloud"), ("DATAHUB_EXECUTOR_RELAY_LEDGER_TABLE", "")])
             .expect("cloud needs no ledger");
         assert_eq!(c.mode, Mode::DatahubCloud);
+    }
+
+    #[test]
+    fn the_token_is_inline_or_read_later_from_its_secret() {
+        use secrecy::ExposeSecret;
+        let c = cfg(&[("DATAHUB_GMS_TOKEN", "t0k")]).expect("inline");
+        assert_eq!(c.gms.token.as_ref().map(|t| t.expose_secret().to_owned()).as_deref(), Some("t0k"));
+        let arn = "arn:aws:secretsmanager:us-east-1:1:secret:datahub-token";
+        let c = cfg(&[("DATAHUB_GMS_TOKEN_SECRET_ARN", arn)]).expect("secret");
+        assert!(c.gms.token.is_none(), "read at start-up by the wiring, not here");
+        assert!(matches!(&c.token_source, GmsTokenSource::SecretsManager { secret_id } if secret_id == arn));
+        let e = cfg(&[("DATAHUB_GMS_TOKEN", "t"), ("DATAHUB_GMS_TOKEN_SECRET_ARN", arn)]).expect_err("both");
+        assert_eq!(e.var, "DATAHUB_GMS_TOKEN_SECRET_ARN");
     }
 
     #[test]
