@@ -1,11 +1,13 @@
 //! Admission: turns one SQS record into one launched job, or a reason not to (DESIGN.md §2).
 //!
-//! Per record: parse ([`crate::message`]) → read the request and its result from GMS (one call) →
+//! Per record: parse ([`crate::message`]) → read the request and its result from GMS (one call
+//! for the whole batch) →
 //! pool check → duplicate check (a RUNNING or terminal result in GMS, or a live job of the
 //! launcher) → validation (recipe, version, every required `${NAME}` in some store — names only)
-//! → weight → capacity → launch → RUNNING. Network calls per admitted message: the GMS read, the
-//! launch and the RUNNING write; the launcher's job list, the job's environment names and
-//! DataHub's secret names are read once per batch (names cached).
+//! → weight → capacity → launch → RUNNING. Network calls per admitted message: the launch and the
+//! RUNNING write; the GMS read of the batch's requests, the launcher's job list, the job's
+//! environment names and DataHub's secret names are read once per batch (the real launchers
+//! cache the environment names per process).
 //!
 //! **Two admissions at once** (an SQS event source mapping scales out): after a batch launched
 //! anything, the pool's jobs are listed again and ordered by start time then execution id; a job
@@ -17,6 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::Value;
+use tracing::Instrument;
 
 use crate::error::{ConfigError, GmsError};
 use crate::launcher::{JobSpec, Launched, Launcher, RunningJob};
@@ -81,8 +84,12 @@ pub struct StoredRequest {
 
 /// What the admission needs from GMS.
 pub trait AdmissionGms: Send + Sync {
-    /// The request's input and result status (one call).
-    fn read_request<'a>(&'a self, exec_id: &'a str) -> BoxFuture<'a, Result<StoredRequest, GmsError>>;
+    /// The inputs and result statuses of a batch's requests, in one call. A request GMS does
+    /// not know is absent (or has no input) in the answer.
+    fn read_requests<'a>(
+        &'a self,
+        exec_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, StoredRequest>, GmsError>>;
     /// Writes a result (RUNNING on launch, FAILURE on rejection).
     fn write_result<'a>(&'a self, exec_id: &'a str, result: &'a ExecutionResult)
     -> BoxFuture<'a, Result<(), GmsError>>;
@@ -205,10 +212,31 @@ impl Admission<'_> {
         let mut batch = Batch { jobs: None, env_names: None, datahub_names: None, cloud_names: None };
         let mut decisions = Vec::with_capacity(records.len());
         let mut pending = Vec::new();
-        for (index, record) in records.iter().enumerate() {
+        // Parse every record first, so the batch's requests are read from GMS in one call.
+        let mut parsed = Vec::with_capacity(records.len());
+        for record in records {
+            let span = tracing::info_span!("parse", message_id = %record.message_id);
+            parsed.push(self.parse_record(record).instrument(span).await);
+        }
+        let mut ids: Vec<String> = parsed.iter().filter_map(|p| p.as_ref().ok().map(|(id, _)| id.clone())).collect();
+        ids.sort();
+        ids.dedup();
+        let stored = if ids.is_empty() { Ok(BTreeMap::new()) } else { self.gms.read_requests(&ids).await };
+        for (index, (record, parsed)) in records.iter().zip(parsed).enumerate() {
             let span = tracing::info_span!("admit", message_id = %record.message_id, exec_id = tracing::field::Empty);
             let _enter = span.enter();
-            let decision = match self.admit_one(record, &mut batch).await {
+            let outcome = match parsed {
+                Ok((exec_id, inline)) => {
+                    tracing::Span::current().record("exec_id", exec_id.as_str());
+                    let read = match &stored {
+                        Ok(found) => Ok(found.get(&exec_id).cloned().unwrap_or_default()),
+                        Err(e) => Err(e),
+                    };
+                    self.admit_one(exec_id, inline, read, &mut batch).await
+                }
+                Err(decision) => Ok(AdmitOne::Decided(decision)),
+            };
+            let decision = match outcome {
                 Ok(AdmitOne::Decided(d)) => d,
                 Ok(AdmitOne::Launched(p)) => {
                     let d = Decision::Launched {
@@ -255,8 +283,9 @@ impl Admission<'_> {
         decisions
     }
 
-    async fn admit_one(&self, record: &Record, batch: &mut Batch) -> Result<AdmitOne, Decision> {
-        let cfg = self.config;
+    /// The record's execution id and inline input (a MetadataChangeLog carries it), or what
+    /// became of a record that names no request to run.
+    async fn parse_record(&self, record: &Record) -> Result<(String, Option<Value>), Decision> {
         let incoming = match message::parse(&record.body) {
             Ok(i) => i,
             Err(g) => {
@@ -268,16 +297,25 @@ impl Admission<'_> {
                     )
                     .await?;
                 }
-                return Ok(AdmitOne::Decided(Decision::Rejected { exec_id: g.exec_id, reason }));
+                return Err(Decision::Rejected { exec_id: g.exec_id, reason });
             }
         };
-        let (exec_id, inline) = match incoming {
-            Incoming::Ignore { reason } => return Ok(AdmitOne::Decided(Decision::Skipped { reason })),
-            Incoming::Fetch { exec_id, .. } => (exec_id, None),
-            Incoming::Inline { exec_id, input } => (exec_id, Some(input)),
-        };
-        tracing::Span::current().record("exec_id", exec_id.as_str());
-        let stored = self.gms.read_request(&exec_id).await.map_err(|e| retry_or_reject(&e, &exec_id))?;
+        match incoming {
+            Incoming::Ignore { reason } => Err(Decision::Skipped { reason }),
+            Incoming::Fetch { exec_id, .. } => Ok((exec_id, None)),
+            Incoming::Inline { exec_id, input } => Ok((exec_id, Some(input))),
+        }
+    }
+
+    async fn admit_one(
+        &self,
+        exec_id: String,
+        inline: Option<Value>,
+        stored: Result<StoredRequest, &GmsError>,
+        batch: &mut Batch,
+    ) -> Result<AdmitOne, Decision> {
+        let cfg = self.config;
+        let stored = stored.map_err(|e| retry_or_reject(e, &exec_id))?;
         let Some(input) = inline.or(stored.input) else {
             // GMS may not show a just-created request yet; a request that never appears ends in the DLQ.
             return Err(Decision::Retry {
@@ -575,25 +613,36 @@ pub fn backoff(receive_count: u32, base: Duration, max: Duration) -> Duration {
 }
 
 impl AdmissionGms for crate::gms::GmsClient {
-    fn read_request<'a>(&'a self, exec_id: &'a str) -> BoxFuture<'a, Result<StoredRequest, GmsError>> {
+    fn read_requests<'a>(
+        &'a self,
+        exec_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, StoredRequest>, GmsError>> {
         Box::pin(async move {
-            let urn = format!("{}{exec_id}", crate::request::EXECUTION_REQUEST_URN_PREFIX);
+            let prefix = crate::request::EXECUTION_REQUEST_URN_PREFIX;
+            let urns: Vec<String> = exec_ids.iter().map(|id| format!("{prefix}{id}")).collect();
             let found = self
                 .batch_get(
                     "dataHubExecutionRequest",
-                    std::slice::from_ref(&urn),
+                    &urns,
                     &["dataHubExecutionRequestInput", "dataHubExecutionRequestResult"],
                 )
                 .await?;
-            let aspects = found.get(&urn);
-            Ok(StoredRequest {
-                input: aspects.and_then(|a| a.get("dataHubExecutionRequestInput")).cloned(),
-                result_status: aspects
-                    .and_then(|a| a.get("dataHubExecutionRequestResult"))
-                    .and_then(|r| r.get("status"))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
-            })
+            Ok(exec_ids
+                .iter()
+                .zip(&urns)
+                .map(|(id, urn)| {
+                    let aspects = found.get(urn);
+                    let stored = StoredRequest {
+                        input: aspects.and_then(|a| a.get("dataHubExecutionRequestInput")).cloned(),
+                        result_status: aspects
+                            .and_then(|a| a.get("dataHubExecutionRequestResult"))
+                            .and_then(|r| r.get("status"))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned),
+                    };
+                    (id.clone(), stored)
+                })
+                .collect())
         })
     }
 

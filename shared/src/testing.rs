@@ -193,7 +193,10 @@ impl FakeGms {
 }
 
 impl AdmissionGms for FakeGms {
-    fn read_request<'a>(&'a self, exec_id: &'a str) -> BoxFuture<'a, Result<StoredRequest, GmsError>> {
+    fn read_requests<'a>(
+        &'a self,
+        exec_ids: &'a [String],
+    ) -> BoxFuture<'a, Result<BTreeMap<String, StoredRequest>, GmsError>> {
         Box::pin(async move {
             let mut s = self.state();
             s.calls += 1;
@@ -201,7 +204,7 @@ impl AdmissionGms for FakeGms {
                 s.fail_reads -= 1;
                 return Err(GmsError::Http { what: "entity batch read", status: 503, body: "unavailable".into() });
             }
-            Ok(s.requests.get(exec_id).cloned().unwrap_or_default())
+            Ok(exec_ids.iter().filter_map(|id| s.requests.get(id).map(|r| (id.clone(), r.clone()))).collect())
         })
     }
 

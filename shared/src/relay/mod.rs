@@ -143,7 +143,7 @@ impl RelayConfig {
         let get = |k: &str| lookup(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let url = get("DATAHUB_GMS_URL")
             .ok_or_else(|| ConfigError::new("DATAHUB_GMS_URL", "is required: the relay reads and writes GMS"))?;
-        let token_source = GmsTokenSource::from_lookup(&get)?;
+        let token_source = GmsTokenSource::from_lookup(get)?;
         let gms = GmsConfig {
             url: validate_gms_url("DATAHUB_GMS_URL", &url)?,
             // A token in Secrets Manager is read by the wiring at start-up (`token_source`).
