@@ -651,10 +651,7 @@ impl AdmissionGms for crate::gms::GmsClient {
         exec_id: &'a str,
         result: &'a ExecutionResult,
     ) -> BoxFuture<'a, Result<(), GmsError>> {
-        Box::pin(async move {
-            self.ingest_proposal(crate::status::result_body(exec_id, result, chrono::Utc::now().timestamp_millis()))
-                .await
-        })
+        Box::pin(self.write_execution_result(exec_id, result))
     }
 
     fn secret_names(&self) -> BoxFuture<'_, Result<BTreeSet<String>, GmsError>> {

@@ -81,6 +81,17 @@ impl GmsClient {
         self.post("ingestProposal", "/aspects?action=ingestProposal", body).await.map(|_| ())
     }
 
+    /// Writes the `dataHubExecutionRequestResult` of `exec_id` as DataHub's executors do
+    /// (`reference/peer-executor.md` §2.2), stamped now.
+    pub async fn write_execution_result(
+        &self,
+        exec_id: &str,
+        result: &crate::status::ExecutionResult,
+    ) -> Result<(), GmsError> {
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        self.ingest_proposal(crate::status::result_body(exec_id, result, now_ms)).await
+    }
+
     /// Reads aspects of entities: `POST /openapi/v2/entity/batch/<entity>`. Entities without any of
     /// the aspects are absent from the answer.
     pub async fn batch_get(

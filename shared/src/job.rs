@@ -28,9 +28,7 @@ use crate::request::{
 };
 use crate::runner::{self, ChildCommand, Limits, StopReason, signal_name};
 use crate::secrets::{DatahubStore, EnvStore, FileStore, SecretStore, looks_like_json_document, resolve_in};
-use crate::status::{
-    ExecutionResult, Status, StructuredReport, execution_request_proposal, ingest_proposal_body, result_body,
-};
+use crate::status::{ExecutionResult, Status, StructuredReport, execution_request_proposal, ingest_proposal_body};
 use crate::venv::{self, VenvSpec};
 
 /// Exit codes of the job, so the platform can tell outcomes apart.
@@ -115,7 +113,7 @@ struct Reporter {
 impl Reporter {
     async fn write(&self, result: &ExecutionResult) -> Result<(), GmsError> {
         match &self.gms {
-            Some(g) => g.ingest_proposal(result_body(&self.exec_id, result, now_ms())).await,
+            Some(g) => g.write_execution_result(&self.exec_id, result).await,
             None => {
                 println!("ingest-job: {} {}", result.status.as_str(), self.exec_id);
                 Ok(())

@@ -251,10 +251,7 @@ impl RelayGms for GmsClient {
         exec_id: &'a str,
         result: &'a ExecutionResult,
     ) -> BoxFuture<'a, Result<(), GmsError>> {
-        Box::pin(async move {
-            self.ingest_proposal(crate::status::result_body(exec_id, result, chrono::Utc::now().timestamp_millis()))
-                .await
-        })
+        Box::pin(self.write_execution_result(exec_id, result))
     }
 
     fn ingest_proposal(&self, body: String) -> BoxFuture<'_, Result<(), GmsError>> {
