@@ -50,23 +50,22 @@ impl GmsClient {
     }
 
     async fn get(&self, what: &'static str, path_and_query: &str) -> Result<String, GmsError> {
-        let mut req = self.http.get(format!("{}{path_and_query}", self.base)).header("Accept", "application/json");
-        if let Some(a) = &self.auth {
-            req = req.header("Authorization", a);
-        }
-        let resp = req.send().await.map_err(|e| GmsError::Transport { what, reason: error_chain(&e) })?;
-        let status = resp.status().as_u16();
-        let text = resp.text().await.map_err(|e| GmsError::Transport { what, reason: error_chain(&e) })?;
-        if (200..300).contains(&status) { Ok(text) } else { Err(GmsError::Http { what, status, body: excerpt(&text) }) }
+        let req = self.http.get(format!("{}{path_and_query}", self.base)).header("Accept", "application/json");
+        self.send(what, req).await
     }
 
     async fn post(&self, what: &'static str, path: &str, body: String) -> Result<String, GmsError> {
-        let mut req = self
+        let req = self
             .http
             .post(format!("{}{path}", self.base))
             .header("Content-Type", "application/json")
             .header("X-RestLi-Protocol-Version", "2.0.0")
             .body(body);
+        self.send(what, req).await
+    }
+
+    /// Sends `req` with the token and returns the body of a 2xx answer.
+    async fn send(&self, what: &'static str, mut req: reqwest::RequestBuilder) -> Result<String, GmsError> {
         if let Some(a) = &self.auth {
             req = req.header("Authorization", a);
         }
