@@ -102,18 +102,7 @@ pub(super) async fn enqueue(
                     }
                 }
             } else {
-                let reason =
-                    outcome.failed.iter().find(|(f, _)| *f == m.id).map(|(_, r)| r.as_str()).unwrap_or("no answer");
-                errors.push(RelayError::Aws {
-                    part: "enqueue",
-                    source: crate::error::AwsError {
-                        service: "SQS",
-                        operation: "SendMessageBatch",
-                        resource: format!("execution {id}"),
-                        reason: reason.to_owned(),
-                        transient: true,
-                    },
-                });
+                errors.push(RelayError::Aws { part: "enqueue", source: outcome.failure(&m.id, id) });
                 release(relay, id, run_id).await;
             }
         }

@@ -110,17 +110,7 @@ pub(super) async fn forward(relay: &Relay<'_>, summary: &mut Summary) -> Vec<Rel
                             to_delete.push((m.message_id.clone(), m.receipt_handle.clone()));
                         } else {
                             stop = true;
-                            let reason = outcome.failed.iter().find(|(f, _)| *f == o.id).map(|(_, r)| r.clone());
-                            errors.push(RelayError::Aws {
-                                part: "forward",
-                                source: crate::error::AwsError {
-                                    service: "SQS",
-                                    operation: "SendMessageBatch",
-                                    resource: format!("execution {exec_id}"),
-                                    reason: reason.unwrap_or_else(|| "no answer".into()),
-                                    transient: true,
-                                },
-                            });
+                            errors.push(RelayError::Aws { part: "forward", source: outcome.failure(&o.id, exec_id) });
                         }
                     }
                 }

@@ -130,6 +130,21 @@ pub struct BatchOutcome {
     pub failed: Vec<(String, String)>,
 }
 
+impl BatchOutcome {
+    /// The error for entry `id` that was not accepted (no answer for it counts as a failure),
+    /// naming the execution it carried. Worth retrying: the next run sends it again.
+    pub fn failure(&self, id: &str, exec_id: &str) -> AwsError {
+        let reason = self.failed.iter().find(|(f, _)| f == id).map_or("no answer", |(_, r)| r.as_str());
+        AwsError {
+            service: "SQS",
+            operation: "SendMessageBatch",
+            resource: format!("execution {exec_id}"),
+            reason: reason.to_owned(),
+            transient: true,
+        }
+    }
+}
+
 /// Our pool's queue.
 pub trait Outbox: Send + Sync {
     /// Sends up to 10 messages in one call.
